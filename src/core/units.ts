@@ -83,3 +83,25 @@ export function u64AddOverflows(a: number | bigint, b: number | bigint): boolean
   if (typeof a === 'number' && typeof b === 'number' && a + b < Number.MAX_SAFE_INTEGER) return false;
   return BigInt(a) + BigInt(b) > 0xffff_ffff_ffff_ffffn;
 }
+
+/** Narrows a "pfn or negative code" value to a pfn. */
+export const isPfn = (x: number): x is Pfn => x >= 0;
+
+/** Length in bytes of a string's UTF-8 encoding (no TextEncoder in the browser-safe core lib). */
+export function utf8Length(s: string): number {
+  let n = 0;
+  for (const ch of s) {
+    const c = ch.codePointAt(0) ?? 0;
+    n += c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+  }
+  return n;
+}
+
+/**
+ * A JS number as the kernel's `loff_t` (signed 64-bit): values ≥ 2^63 wrap to negative, as they
+ * would when a C caller passes them. Throws TypeError for a non-integer.
+ */
+export function asLoff(n: number, what: string): number {
+  if (!Number.isInteger(n)) throw new TypeError(`${what} ${String(n)} is not an integer`);
+  return n >= 2 ** 63 ? n - 2 ** 64 : n;
+}
