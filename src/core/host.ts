@@ -12,8 +12,9 @@
  * `leaks()`, `memoryMap()`) for tests, traces and the visualiser; none of it changes state.
  */
 
-import type { Host, Kvm, Stat } from './api.js';
+import type { Host, Stat } from './api.js';
 import { fail, kvmWarn } from './errno.js';
+import { type KvmDevice, type KvmModelOptions, openKvmDevice } from './kvm/kvm_main.js';
 import { FdTable, type File, FMODE_PREAD, FMODE_PWRITE, FMODE_READ, FMODE_WRITE } from './mm/file.js';
 import { MmStruct } from './mm/mmap.js';
 import { OWNER_KERNEL, PageAllocator } from './mm/page_alloc.js';
@@ -51,6 +52,8 @@ export interface HostOptions {
   readonly ramLimitBytes?: number;
   /** vm.max_map_count. Default 65530. */
   readonly maxMapCount?: number;
+  /** The modelled KVM's options (host MAXPHYADDR, …). */
+  readonly kvm?: KvmModelOptions;
 }
 
 /** The parts of the host kernel that other kernel code (KVM) uses. */
@@ -90,8 +93,10 @@ export class ModelHost implements Host {
   readonly kernel: ModelKernel;
   private readonly reserved: Pfn[] = [];
   private disposed = false;
+  private readonly kvmOptions: KvmModelOptions;
 
   constructor(options: HostOptions = {}) {
+    this.kvmOptions = options.kvm ?? {};
     const alloc = new PageAllocator(
       options.ramLimitBytes === undefined ? {} : { ramLimitBytes: options.ramLimitBytes },
     );
@@ -278,8 +283,9 @@ export class ModelHost implements Host {
 
   // ---- KVM --------------------------------------------------------------------------------
 
-  openKvm(): Kvm {
-    return fail('ENOENT', 'this model host was built without KVM', 'open("/dev/kvm")');
+  /** open("/dev/kvm"): the model's KVM (kvm_main.ts). */
+  openKvm(): KvmDevice {
+    return openKvmDevice(this.kernel, this.kvmOptions);
   }
 
   // ---- lifetime and introspection ---------------------------------------------------------

@@ -74,7 +74,7 @@ export class File<T = unknown> {
     /** FMODE_* bits. */
     readonly fmode: number,
     /** file->private_data. */
-    readonly priv: T,
+    public priv: T,
   ) {}
 
   /** get_file(). */

@@ -139,13 +139,16 @@ describe('mmap', () => {
     ['an unaligned MAP_FIXED address', () => [0x10001, PAGE, RW, ANON | MAP_FIXED, -1, 0], 'EINVAL'],
     ['MAP_FIXED beyond the address space', () => [2 ** 47, PAGE, RW, ANON | MAP_FIXED, -1, 0], 'ENOMEM'],
     ['a length larger than the address space', () => [0, 2 ** 48, RW, ANON, -1, 0], 'ENOMEM'],
-  ] as [string, () => [number, number, number, number, number, number], string][])('rejects %s', (_what, args, code) => {
-    const h = trackedHost();
-    memfd(h, PAGE);
-    const [addr, len, prot, flags, fd, off] = args();
-    expectErrno(() => h.mmap(addr, len, prot, flags, fd, off), code);
-    expect(h.memoryMap()).toEqual([]);
-  });
+  ] as [string, () => [number, number, number, number, number, number], string][])(
+    'rejects %s',
+    (_what, args, code) => {
+      const h = trackedHost();
+      memfd(h, PAGE);
+      const [addr, len, prot, flags, fd, off] = args();
+      expectErrno(() => h.mmap(addr, len, prot, flags, fd, off), code);
+      expect(h.memoryMap()).toEqual([]);
+    },
+  );
 
   it('refuses a mapping beyond vm.max_map_count', () => {
     const h = trackedHost({ maxMapCount: 3 });

@@ -1,0 +1,171 @@
+/**
+ * Memory attributes (virt/kvm/kvm_main.c kvm_vm_ioctl_set_mem_attributes,
+ * kvm_vm_set_mem_attributes; arch/x86/kvm/mmu/mmu.c kvm_arch_post_set_memory_attributes):
+ * the VM-wide per-gfn PRIVATE attribute, stored as ranges.
+ *
+ * The kernel stores an xarray entry per gfn; the model stores an interval map (lib/interval_map.ts),
+ * so setting a 1 TiB range costs O(log n + ranges changed), not 2^28 entries (architecture §4).
+ * The semantics are the kernel's: the call replaces (MA-3), an unchanged range does nothing at all
+ * (MA-4), and invalidation happens only where a memslot intersects (MA-5, INV-4).
+ *
+ * Mixed-attribute huge-page tracking (HP-3) is kept per slot and recomputed for the head and tail
+ * frames an update touches; interior frames, wholly inside the updated range, become uniform and
+ * are cleared with one fill.
+ */
+
+import type { MemoryAttributes } from '../api.js';
+import { fail } from '../errno.js';
+import { IntervalMap } from '../lib/interval_map.js';
+import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from '../uapi.js';
+import { u64AddOverflows } from '../units.js';
+import type { KvmVm } from './kvm_main.js';
+import type { KvmMemorySlot } from './memslot.js';
+
+const PAGE = 4096;
+const LEVEL_PAGES = { 2: 512, 3: 262144 } as const;
+
+/** The VM's attributes: an interval map gfn → attributes (absent = 0). */
+export class KvmMemoryAttributes {
+  readonly map = new IntervalMap();
+  readonly stats = { calls: 0, changes: 0, noops: 0 };
+
+  get(gfn: number): number {
+    return this.map.get(gfn);
+  }
+}
+
+/** Attributes the VM supports (kvm_supported_mem_attributes). */
+export function supportedAttributes(vm: KvmVm): number {
+  return vm.hasPrivateMem ? KVM_MEMORY_ATTRIBUTE_PRIVATE : 0;
+}
+
+/** HP-3: recomputes the mixed flag of slot frames that [start, end) touches. */
+function updateMixed(vm: KvmVm, slot: KvmMemorySlot, start: number, end: number): void {
+  const attrs = vm.attributes;
+  if (!attrs) return;
+  for (const level of [2, 3] as const) {
+    const n = LEVEL_PAGES[level];
+    const mixed = slot.lpageMixed[level - 2] as Uint8Array;
+    const lo = Math.max(start, slot.baseGfn);
+    const hi = Math.min(end, slot.endGfn);
+    if (lo >= hi) continue;
+    const first = slot.lpageIndex(lo, level);
+    const last = slot.lpageIndex(hi - 1, level);
+    const recompute = (i: number): void => {
+      if (!slot.frameInside(i, level)) return; // never tracked: already disallowed (HP-2)
+      const b = slot.frameBase(i, level);
+      let m = !attrs.map.isUniform(b, b + n, attrs.get(b));
+      if (!m && level === 3) {
+        // A 1 GiB frame is mixed if any 2 MiB frame in it is.
+        const m2 = slot.lpageMixed[0] as Uint8Array;
+        const i2 = slot.lpageIndex(b, 2);
+        for (let k = 0; k < 512 && !m; k++) m = m2[i2 + k] === 1;
+      }
+      mixed[i] = m ? 1 : 0;
+    };
+    recompute(first);
+    if (last !== first) recompute(last);
+    // Interior frames lie wholly inside [start, end): one value now, so not mixed.
+    if (last - first > 1) mixed.fill(0, first + 1, last);
+  }
+}
+
+/** Computes every frame's mixed flag for a new slot of a private-memory VM (HP-3). */
+export function initMixed(vm: KvmVm, slot: KvmMemorySlot): void {
+  if (!vm.hasPrivateMem || !vm.attributes) return;
+  const attrs = vm.attributes;
+  for (const level of [2, 3] as const) {
+    const n = LEVEL_PAGES[level];
+    const mixed = slot.lpageMixed[level - 2] as Uint8Array;
+    // Only frames that straddle an attribute boundary can be mixed: visit the boundaries.
+    attrs.map.forEachRange(slot.baseGfn, slot.endGfn, (s, e) => {
+      for (const g of [s, e]) {
+        if (g <= slot.baseGfn || g >= slot.endGfn) continue;
+        const i = slot.lpageIndex(g, level);
+        if (!slot.frameInside(i, level)) continue;
+        const b = slot.frameBase(i, level);
+        if (g !== b) mixed[i] = 1;
+      }
+    });
+    if (level === 3) {
+      const m2 = slot.lpageMixed[0] as Uint8Array;
+      for (let i = 0; i < mixed.length; i++) {
+        if (mixed[i] === 1 || !slot.frameInside(i, 3)) continue;
+        const i2 = slot.lpageIndex(slot.frameBase(i, 3), 2);
+        for (let k = 0; k < 512; k++) {
+          if (m2[i2 + k] === 1) {
+            mixed[i] = 1;
+            break;
+          }
+        }
+      }
+    }
+    void n;
+  }
+}
+
+/** KVM_SET_MEMORY_ATTRIBUTES (MA-0..MA-7). */
+export function kvmSetMemoryAttributes(vm: KvmVm, a: MemoryAttributes): 0 {
+  const call = 'KVM_SET_MEMORY_ATTRIBUTES';
+  const attrs = vm.attributes;
+  if (!attrs) return fail('ENOTTY', 'no memory attributes in this model', call, 'MA-0');
+  const flags = a.flags ?? 0;
+  for (const [name, v] of [
+    ['address', a.address],
+    ['size', a.size],
+    ['attributes', a.attributes],
+    ['flags', flags],
+  ] as const) {
+    if (!Number.isInteger(v) || v < 0) throw new TypeError(`${name} ${String(v)} is not a u64`);
+  }
+  attrs.stats.calls++;
+  // MA-1, in order.
+  if (flags !== 0) fail('EINVAL', `flags ${flags} must be 0`, call, 'MA-1');
+  const supported = supportedAttributes(vm);
+  if (a.attributes >= 2 ** 32 || ((a.attributes >>> 0) & ~supported) !== 0) {
+    fail(
+      'EINVAL',
+      `attributes 0x${a.attributes.toString(16)} not supported (0x${supported.toString(16)})`,
+      call,
+      'MA-1',
+    );
+  }
+  if (a.size === 0 || u64AddOverflows(a.address, a.size)) {
+    fail('EINVAL', `size ${a.size} is 0 or address + size overflows`, call, 'MA-1');
+  }
+  if (a.address % PAGE !== 0 || a.size % PAGE !== 0) {
+    fail('EINVAL', `address 0x${a.address.toString(16)} / size ${a.size} not page aligned`, call, 'MA-1');
+  }
+  const start = a.address / PAGE;
+  const end = start + a.size / PAGE;
+  // MA-4: nothing to change → nothing happens (no invalidation, no seq bump).
+  if (attrs.map.isUniform(start, end, a.attributes)) {
+    attrs.stats.noops++;
+    return 0;
+  }
+  attrs.stats.changes++;
+  // MA-5: invalidate where memslots intersect, widened to the huge frames that straddle the
+  // range's ends inside a slot (their mapping level may change).
+  const ranges: { asId: number; start: number; end: number }[] = [];
+  const slots: KvmMemorySlot[] = [];
+  for (const set of vm.memslots) {
+    set.index.forEachIntersecting(start, end, (_b, _n, h) => {
+      const slot = vm.slotTable[h];
+      if (!slot) return;
+      slots.push(slot);
+      let lo = Math.max(start, slot.baseGfn);
+      let hi = Math.min(end, slot.endGfn);
+      const n = LEVEL_PAGES[3];
+      const flo = Math.floor(lo / n) * n;
+      const fhi = Math.ceil(hi / n) * n;
+      if (flo >= slot.baseGfn) lo = flo;
+      if (fhi <= slot.endGfn) hi = fhi;
+      ranges.push({ asId: set.asId, start: lo, end: hi });
+    });
+  }
+  vm.invalidateGfnRanges(ranges, () => {
+    attrs.map.set(start, end, a.attributes);
+    for (const slot of slots) updateMixed(vm, slot, start, end);
+  });
+  return 0;
+}
