@@ -80,6 +80,7 @@ import {
   REG_RBX,
   REPORT_PORT,
 } from './insn.js';
+import { compileJit, JIT_KICK, type JitFunction } from './jit.js';
 import type { Program } from './program.js';
 
 const PAGE = 4096;
@@ -137,10 +138,17 @@ export class KvmVcpu implements VcpuApi {
   rip = 0;
   rflags = 2;
   private code: Insn[] = lower({ ops: [] });
-  private pc = 0;
+  pc = 0;
   private layout: ProgramLayout = DEFAULT_PROGRAM_LAYOUT;
   /** Memslot generation at which the code page was last found fetchable. */
-  private fetchGen = -1;
+  /** Memslot generation at which the code page was last found fetchable (read by the JIT). */
+  fetchGen = -1;
+  /** Whether run() uses the JIT (jit.ts); the interpreter is the reference and the fallback. */
+  useJit = true;
+  private jitFn: JitFunction | null = null;
+  private jitTried = false;
+  /** Instructions left in the current KVM_RUN (shared by the JIT and the interpreter). */
+  budgetLeft = 0;
 
   // Exit bookkeeping
   private exit: ExitState = emptyExit();
@@ -159,12 +167,12 @@ export class KvmVcpu implements VcpuApi {
   private kicked = false;
 
   // Software TLB
-  private readonly tlbGfn = new Float64Array(TLB_SIZE).fill(-1);
-  private readonly tlbGen = new Int32Array(TLB_SIZE).fill(-1);
-  private readonly tlbWritable = new Uint8Array(TLB_SIZE);
-  private readonly tlbOff = new Int32Array(TLB_SIZE);
+  readonly tlbGfn = new Float64Array(TLB_SIZE).fill(-1);
+  readonly tlbGen = new Int32Array(TLB_SIZE).fill(-1);
+  readonly tlbWritable = new Uint8Array(TLB_SIZE);
+  readonly tlbOff = new Int32Array(TLB_SIZE);
   private readonly tlbData: (Uint8Array | null)[] = new Array(TLB_SIZE).fill(null);
-  private readonly tlbView: (DataView | null)[] = new Array(TLB_SIZE).fill(null);
+  readonly tlbView: (DataView | null)[] = new Array(TLB_SIZE).fill(null);
   /** Per-vCPU last-used slot (kvm_vcpu_gfn_to_memslot's cache), tagged with the memslot generation. */
   private lastSlot: import('../kvm/memslot.js').KvmMemorySlot | null = null;
   private lastSlotGen = -1;
@@ -239,6 +247,8 @@ export class KvmVcpu implements VcpuApi {
     this.fragments = [];
     this.repDone = 0;
     this.fetchGen = -1;
+    this.jitFn = null;
+    this.jitTried = false;
   }
 
   /** The model's stand-in for a signal at the vCPU thread: the next KVM_RUN returns EINTR. */
@@ -263,7 +273,7 @@ export class KvmVcpu implements VcpuApi {
       this.kicked = false;
       return this.result(-1, 'EINTR', KVM_EXIT_INTR);
     }
-    if (r === OK) r = this.execute(false);
+    if (r === OK) r = this.useJit ? this.executeJit() : this.execute(false);
     if (r === ERROR) {
       const f = this.lastFault;
       if (f && f.memoryFaultErrno !== 0) {
@@ -347,6 +357,33 @@ export class KvmVcpu implements VcpuApi {
   }
 
   // ---- the interpreter --------------------------------------------------------------------
+
+  /** Runs compiled code, stepping the interpreter wherever the JIT hands over (jit.ts). */
+  private executeJit(): number {
+    if (!this.jitTried) {
+      this.jitTried = true;
+      const mmu = this.vm.mmu[0] as TdpMmu;
+      const slots0 = this.vm.memslots[0];
+      this.jitFn = compileJit(this.code, this, mmu, () => slots0?.generation ?? 0);
+    }
+    const jit = this.jitFn;
+    if (!jit) return this.execute(false);
+    this.budgetLeft = this.budget;
+    for (;;) {
+      if (this.fetchGen !== (this.vm.memslots[0]?.generation ?? 0)) {
+        // The code page must be fetchable before compiled code runs (checkFetch, interpreter).
+        const s = this.execute(true);
+        if (s !== OK) return s;
+        continue;
+      }
+      const r = jit();
+      if (r === JIT_KICK) return this.kickExit();
+      // JIT_STEP: one instruction through the interpreter, then back to compiled code.
+      const s = this.execute(true);
+      if (s !== OK) return s;
+      if (--this.budgetLeft <= 0) return this.kickExit();
+    }
+  }
 
   /**
    * Runs until an exit (EXIT) or an error (ERROR); with `one`, returns OK after the current
