@@ -120,9 +120,10 @@ class GfnDirectory {
 export class MemslotIndex {
   private readonly tree: RangeBTree;
   /**
-   * The last range `find` hit (KVM's `last_used_slot`): [lastBase, lastEnd) → lastHandle.
-   * Empty ([0, 0)) when invalid. Stored by value, so inserts never stale it; only removing that
-   * range or `clear` does.
+   * The last range the B+tree path of `find` hit (KVM's `last_used_slot`): [lastBase, lastEnd)
+   * → lastHandle. Empty ([0, 0)) when invalid. Stored by value, so inserts never stale it; only
+   * removing that range or `clear` does. Directory hits do not refresh it: a fresh directory is
+   * nearly as cheap, and the three stores would slow random lookups by about a third.
    */
   private lastBase = 0;
   private lastEnd = 0;
@@ -187,19 +188,15 @@ export class MemslotIndex {
   }
 
   /**
-   * Handle of the slot containing gfn, or -1 (`__gfn_to_memslot`). The hot path: the last slot
-   * found, then the directory (or the B+tree while the directory is stale); no allocation.
+   * Handle of the slot containing gfn, or -1 (`__gfn_to_memslot`). The hot path: the last-used
+   * slot, then the directory (or the B+tree while the directory is stale); no allocation.
    */
   find(gfn: number): number {
     if (gfn >= this.lastBase && gfn < this.lastEnd) return this.lastHandle;
     if (this.dirFresh) {
       const d = this.dir;
       const j = d.find(gfn);
-      if (j === -1) return -1;
-      this.lastBase = d.starts[j] as number;
-      this.lastEnd = d.ends[j] as number;
-      this.lastHandle = d.handles[j] as number;
-      return this.lastHandle;
+      return j === -1 ? -1 : (d.handles[j] as number);
     }
     const t = this.tree;
     // A rebuild costs about as much as size/8 tree lookups; once that many lookups have been
