@@ -288,11 +288,17 @@ export const kvmGmemFops: FileOperations = {
     kvmGmemRelease(gmemOf(file));
   },
 
-  stat(file): Partial<Stat> {
-    const inode = gmemOf(file).inode;
-    return { blocks: inode.mapping.nrpages * 8, blksize: PAGE };
+  stat(): Partial<Stat> {
+    // guest_memfd never updates i_blocks (its pages go through filemap_grab_folio, not shmem's
+    // accounting): st_blocks stays 0 however much is allocated. Count pages with `gmemPages`.
+    return { blocks: 0, blksize: PAGE };
   },
 };
+
+/** Pages allocated in a guest_memfd (introspection: st_blocks says 0, as upstream). */
+export function gmemPages(file: File): number {
+  return file.fop === kvmGmemFops ? gmemOf(file).inode.mapping.nrpages : 0;
+}
 
 /** kvm_gmem_release (GM-17): the last reference to the file is gone. */
 function kvmGmemRelease(gmem: GmemFile): void {
