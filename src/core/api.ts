@@ -230,6 +230,14 @@ export interface RunResult {
   readonly hypercall?: HypercallExit;
   readonly memoryFault?: MemoryFaultExit;
   readonly internal?: InternalErrorExit;
+  /**
+   * True when the run was ended by the real backend's run watchdog: the KVM_RUN blocked its thread
+   * for longer than the vCPU's `runTimeoutMs`, and the thread was kicked (SIGUSR2), so the result
+   * is otherwise exactly a kick's: `ret -1`, `errno 'EINTR'`, `exitReason` KVM_EXIT_INTR. Absent
+   * on every other result, including an EINTR from a kick or a stray signal. The model never sets
+   * it (its per-run instruction `budget` delivers a plain kick).
+   */
+  readonly watchdog?: boolean;
 }
 
 /** A vCPU fd. */

@@ -99,9 +99,14 @@ function initBudget(): void {
   budget.ready = true;
 }
 
-/** VMAs this process can still create before reaching the headroom (for tests and reports). */
+/**
+ * VMAs this process can still create before reaching the headroom (for tests and reports). Counts
+ * /proc/self/maps afresh, so `inUse` includes what Node mapped since the last count (a new thread
+ * such as the KVM_RUN watchdog's maps a few dozen VMAs), and the binding's checks start from it.
+ */
 export function vmaBudget(): { readonly max: number; readonly inUse: number; readonly byBinding: number } {
   initBudget();
+  budget.baseline = countMaps() - budget.used;
   return { max: budget.max, inUse: budget.baseline + budget.used, byBinding: budget.used };
 }
 

@@ -69,6 +69,8 @@ export interface HostContext {
   readonly space: AddressSpace;
   /** Lowest address Node (or anyone without CAP_SYS_RAWIO) can map: /proc/sys/vm/mmap_min_addr. */
   readonly mmapMinAddr: number;
+  /** The `runTimeoutMs` new vCPUs start with (vcpu.ts, watchdog.ts). */
+  readonly runTimeoutMs: number;
   /** Registers an fd the host now owns (closed by `dispose`). */
   adoptFd(fd: number, kind: FdKind, owner?: { close(): 0 }): void;
   /** Forgets an fd that its owner closed. */

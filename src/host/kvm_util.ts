@@ -96,7 +96,8 @@ export function createOneVcpuGuest(host: RealHost, options: OneVcpuGuestOptions 
 
 /**
  * KVM_RUN, re-entered while it returns EINTR with KVM_EXIT_INTR and no kick was requested (a stray
- * signal such as a profiler's SIGPROF, realkvm-notes §7.5). At most `maxRetries` re-entries.
+ * signal such as a profiler's SIGPROF, realkvm-notes §7.5). At most `maxRetries` re-entries. A run
+ * the watchdog interrupted (`watchdog: true`) is returned, not re-entered.
  */
 export function runSkippingIntr(vcpu: RealVcpu, maxRetries = 100): RunResult {
   for (let i = 0; ; i++) {
@@ -105,6 +106,7 @@ export function runSkippingIntr(vcpu: RealVcpu, maxRetries = 100): RunResult {
       r.ret === 0 ||
       r.errno !== 'EINTR' ||
       r.exitReason !== KVM_EXIT_INTR ||
+      r.watchdog === true ||
       vcpu.kvmRun.immediateExit !== 0
     ) {
       return r;

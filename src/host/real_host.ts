@@ -31,6 +31,7 @@ import { AddressSpace, DEFAULT_VMA_HEADROOM } from './address_space.js';
 import { classifyFile, fileKey } from './files.js';
 import { type FdKind, type HostContext, RealKvm, type RealVm } from './kvm_main.js';
 import type { Sys } from './sys.js';
+import { checkRunTimeout, DEFAULT_RUN_TIMEOUT_MS } from './watchdog.js';
 
 const S_IFMT = 0o170000;
 
@@ -40,6 +41,12 @@ export interface RealHostOptions {
   readonly vmaHeadroom?: number;
   /** The path of the KVM device (default /dev/kvm). */
   readonly kvmPath?: string;
+  /**
+   * The `runTimeoutMs` of every vCPU created through this host (default 10 000): the most one
+   * KVM_RUN may block its thread before the run watchdog kicks it (EINTR, KVM_EXIT_INTR,
+   * `watchdog: true`). `Infinity` turns the watchdog off. Each vCPU can change its own.
+   */
+  readonly runTimeoutMs?: number;
 }
 
 interface FdEntry {
@@ -66,6 +73,7 @@ export class RealHost implements Host, HostContext {
   private scratchMap: { addr: number; rw: number } | null = null;
   private disposed = false;
   private readonly kvmPath: string;
+  readonly runTimeoutMs: number;
 
   constructor(
     readonly sys: Sys,
@@ -73,6 +81,7 @@ export class RealHost implements Host, HostContext {
   ) {
     this.space = new AddressSpace(sys, options.vmaHeadroom ?? DEFAULT_VMA_HEADROOM);
     this.kvmPath = options.kvmPath ?? '/dev/kvm';
+    this.runTimeoutMs = checkRunTimeout(options.runTimeoutMs ?? DEFAULT_RUN_TIMEOUT_MS, 'runTimeoutMs');
   }
 
   // -------------------------------------------------------------------------------------------

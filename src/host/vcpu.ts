@@ -13,6 +13,13 @@
  * cannot be detached, so on close the mapping is replaced in place by anonymous memory (a
  * tombstone: stale views keep working on harmless memory) and the tombstone is unmapped only
  * when the views are garbage (a FinalizationRegistry on their ArrayBuffer).
+ *
+ * No KVM_RUN blocks its thread for longer than `runTimeoutMs` (default 10 s, from
+ * `createRealHost({ runTimeoutMs })`): the run watchdog (watchdog.ts) then kicks the thread with
+ * SIGUSR2, exactly as a kick does, and the result is `{ ret: -1, errno: 'EINTR', exitReason:
+ * KVM_EXIT_INTR, watchdog: true }`. A guest that spins, or a VMCALL that never retires on PVM
+ * (docs/host-deviations.md #2), can therefore not hang the event loop. The same budget applies to
+ * runs issued by this vCPU's worker (vcpu_worker.ts). `Infinity` turns the watchdog off.
  */
 
 import type {
@@ -51,6 +58,7 @@ import {
 } from '../core/uapi.js';
 import type { Program } from '../core/vcpu/program.js';
 import type { VmContext } from './kvm_main.js';
+import { checkRunTimeout, runGuard } from './watchdog.js';
 import { compileProgram } from './x86/compile.js';
 
 /** sizeof(struct kvm_regs): rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8..r15, rip, rflags. */
@@ -107,6 +115,7 @@ export class RealVcpu implements Vcpu {
   private readonly regsDv = new DataView(this.regsBuf.buffer);
   private staleExit = 0;
   private runner: RunnerHandle | null = null;
+  private timeoutMs: number;
 
   constructor(
     private readonly vm: VmContext,
@@ -116,6 +125,7 @@ export class RealVcpu implements Vcpu {
     readonly runAddr: number,
     readonly runSize: number,
   ) {
+    this.timeoutMs = vm.host.runTimeoutMs;
     const ab = vm.host.space.internalView(runAddr);
     this.run8 = new Uint8Array(ab);
     this.runDv = new DataView(ab);
@@ -169,6 +179,18 @@ export class RealVcpu implements Vcpu {
     return this.open;
   }
 
+  /**
+   * The most a KVM_RUN of this vCPU may block its thread, in ms, before the run watchdog kicks it
+   * (see the file comment). A positive number up to 2^29, or `Infinity` for no watchdog; the
+   * default is the host's `runTimeoutMs`. Read at the start of each run.
+   */
+  get runTimeoutMs(): number {
+    return this.timeoutMs;
+  }
+  set runTimeoutMs(ms: number) {
+    this.timeoutMs = checkRunTimeout(ms, 'runTimeoutMs');
+  }
+
   /** Attaches (or detaches, with null) the worker that runs this vCPU; one at a time. Internal. */
   setRunner(r: RunnerHandle | null): void {
     if (r !== null && this.runner !== null) {
@@ -186,8 +208,12 @@ export class RealVcpu implements Vcpu {
     this.runDv.setUint32(EXIT_REASON, EXIT_SENTINEL, true);
   }
 
-  /** Decodes what KVM_RUN left: `r` is its return value, or -errno. Internal. */
-  finishRun(r: number): RunResult {
+  /**
+   * Decodes what KVM_RUN left: `r` is its return value, or -errno; `watchdogFired` says the run
+   * watchdog signalled the thread during the run (an EINTR result then carries `watchdog: true`).
+   * Internal.
+   */
+  finishRun(r: number, watchdogFired = false): RunResult {
     const dv = this.runDv;
     const written = dv.getUint32(EXIT_REASON, true) !== EXIT_SENTINEL;
     if (!written) dv.setUint32(EXIT_REASON, this.staleExit, true);
@@ -204,6 +230,9 @@ export class RealVcpu implements Vcpu {
           memoryFaultValid: true,
           memoryFault: this.memoryFault(),
         };
+      }
+      if (watchdogFired && errno === 'EINTR') {
+        return { ret: -1, errno, exitReason, exitReasonName, memoryFaultValid: false, watchdog: true };
       }
       return { ret: -1, errno, exitReason, exitReasonName, memoryFaultValid: false };
     }
@@ -277,7 +306,13 @@ export class RealVcpu implements Vcpu {
 
   run(): RunResult {
     this.beginRun();
-    return this.finishRun(this.vm.host.sys.ioctlErrno(this.fd, KVM_RUN, 0));
+    const sys = this.vm.host.sys;
+    const budget = this.timeoutMs;
+    const guard = budget === Number.POSITIVE_INFINITY ? null : runGuard();
+    if (guard === null) return this.finishRun(sys.ioctlErrno(this.fd, KVM_RUN, 0));
+    guard.arm(budget);
+    const r = sys.ioctlErrno(this.fd, KVM_RUN, 0); // errno is read inside, before disarm
+    return this.finishRun(r, guard.disarm());
   }
 
   getRegs(): Regs {

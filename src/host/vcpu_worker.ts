@@ -15,6 +15,13 @@
  * (`RealVcpu.beginRun`/`finishRun`), so exits read the same as from `vcpu.run()`. While the worker
  * is inside KVM_RUN, other ioctls on that vCPU are refused with EBUSY (the kernel would block
  * them on the vCPU mutex, i.e. block the main thread), and `vcpu.close()` kicks and waits.
+ *
+ * The worker's runs are watched by the process's run watchdog (watchdog.ts) like `vcpu.run()`:
+ * the worker holds its own watchdog slot (its tid), arms it with the vCPU's `runTimeoutMs` right
+ * before KVM_RUN and disarms it right after, so a run that outlasts its budget ends with EINTR
+ * and `watchdog: true`. The watchdog only signals; it never sets `immediate_exit`, so it cannot
+ * leave a kick behind for the next run, and a `kick()` (which does set it) is reported as a plain
+ * EINTR unless the watchdog had also fired.
  */
 
 import { createRequire } from 'node:module';
@@ -24,6 +31,7 @@ import { KvmError } from '../core/errno.js';
 import { KVM_RUN } from '../core/uapi.js';
 import { getSys, SIGUSR2 } from './sys.js';
 import { RealVcpu, type RunnerHandle } from './vcpu.js';
+import { claimWorkerSlot, installKickHandler, WORKER_GUARD_SOURCE, watchdogBlock } from './watchdog.js';
 
 /** A vCPU running in a worker thread. */
 export interface VcpuWorker {
@@ -40,7 +48,8 @@ export interface VcpuWorker {
 }
 
 // The worker's whole program. It is plain JavaScript evaluated in the worker (no TypeScript
-// loader is available there), and needs only koffi and the vCPU fd.
+// loader is available there), and needs only koffi, the vCPU fd and the watchdog's block.
+// A run message is { slot, budget }: the worker's watchdog slot and the budget in ms (0: none).
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const koffi = require(workerData.koffiPath);
@@ -48,10 +57,15 @@ const libc = koffi.load('libc.so.6');
 const ioctl = libc.func('int ioctl(int fd, unsigned long req, unsigned long arg)');
 const syscall = libc.func('long syscall(long nr)');
 const state = new Int32Array(workerData.state);
+${WORKER_GUARD_SOURCE}
 parentPort.on('message', (m) => {
-  if (m !== 'run') return;
+  if (typeof m !== 'object' || m === null || typeof m.slot !== 'number') return;
+  const watched = m.slot >= 0 && m.budget > 0;
+  if (watched) wdArm(m.slot, m.budget);
   const r = ioctl(workerData.fd, workerData.request, 0);
   const res = r < 0 ? -koffi.errno() : r;
+  const fired = watched && wdDisarm(m.slot);
+  Atomics.store(state, 2, fired ? 1 : 0);
   Atomics.store(state, 1, res);
   Atomics.store(state, 0, 0);
   Atomics.notify(state, 0);
@@ -60,20 +74,16 @@ parentPort.on('message', (m) => {
 parentPort.postMessage({ tid: Number(syscall(186)) });
 `;
 
-/** state[0]: 1 while a run is requested or in progress; state[1]: its result (ret or -errno). */
+/**
+ * state[0]: 1 while a run is requested or in progress; state[1]: its result (ret or -errno);
+ * state[2]: 1 if the run watchdog signalled the worker during that run.
+ */
 const BUSY = 0;
 const RESULT = 1;
+const WATCHDOG_FIRED = 2;
 /** How long `stop`/`vcpu.close()` wait for a kicked run to end before giving up. */
 const STOP_TIMEOUT_MS = 5000;
 const REKICK_MS = 50;
-
-let signalHandlerInstalled = false;
-function installKickHandler(): void {
-  if (signalHandlerInstalled) return;
-  // libuv's handler makes SIGUSR2 non-fatal for every thread; the kick needs nothing else.
-  process.on('SIGUSR2', () => {});
-  signalHandlerInstalled = true;
-}
 
 /**
  * Starts a worker thread that runs `vcpu` (a vCPU of `createRealHost()`). Resolves once the
@@ -84,11 +94,11 @@ export async function startVcpuWorker(vcpu: Vcpu): Promise<VcpuWorker> {
   if (!vcpu.isOpen) throw new KvmError('EBADF', `vcpu ${vcpu.id} is closed`, { call: 'startVcpuWorker' });
   installKickHandler();
   const sys = getSys();
-  const state = new Int32Array(new SharedArrayBuffer(8));
+  const state = new Int32Array(new SharedArrayBuffer(12));
   const koffiPath = createRequire(import.meta.url).resolve('koffi');
   const worker = new Worker(WORKER_SOURCE, {
     eval: true,
-    workerData: { koffiPath, fd: vcpu.fd, request: KVM_RUN, state: state.buffer },
+    workerData: { koffiPath, fd: vcpu.fd, request: KVM_RUN, state: state.buffer, wd: watchdogBlock() },
   });
   worker.unref();
   const tid = await new Promise<number>((resolve, reject) => {
@@ -114,7 +124,7 @@ export async function startVcpuWorker(vcpu: Vcpu): Promise<VcpuWorker> {
     pending = null;
     worker.unref();
     try {
-      const result = vcpu.finishRun(Atomics.load(state, RESULT));
+      const result = vcpu.finishRun(Atomics.load(state, RESULT), Atomics.load(state, WATCHDOG_FIRED) === 1);
       if (kicked) {
         kicked = false;
         if (vcpu.isOpen) vcpu.kvmRun.immediateExit = 0;
@@ -148,12 +158,21 @@ export async function startVcpuWorker(vcpu: Vcpu): Promise<VcpuWorker> {
     settle();
   };
   const handle: RunnerHandle = { busy, stopSync };
+  let wdSlot: ReturnType<typeof claimWorkerSlot>;
   try {
     vcpu.setRunner(handle);
+    try {
+      wdSlot = claimWorkerSlot(tid);
+    } catch (e) {
+      vcpu.setRunner(null);
+      throw e;
+    }
   } catch (e) {
     await worker.terminate();
     throw e;
   }
+  // The slot is free again once the thread is gone (stop(), or a crash).
+  worker.on('exit', () => wdSlot.release());
   worker.on('message', (m) => {
     if (m === 'done') settle();
   });
@@ -175,12 +194,13 @@ export async function startVcpuWorker(vcpu: Vcpu): Promise<VcpuWorker> {
       } catch (e) {
         return Promise.reject(e);
       }
+      const budget = vcpu.runTimeoutMs;
       Atomics.store(state, BUSY, 1);
       // An idle worker must not keep Node alive, a running one must (someone awaits its exit).
       worker.ref();
       return new Promise<RunResult>((resolve, reject) => {
         pending = { resolve, reject };
-        worker.postMessage('run');
+        worker.postMessage({ slot: wdSlot.slot, budget: budget === Number.POSITIVE_INFINITY ? 0 : budget });
       });
     },
     kick,
