@@ -63,6 +63,11 @@ export interface ModelKernel {
   readonly zeroPfn: Pfn;
   readonly mm: MmStruct;
   readonly fds: FdTable;
+  /**
+   * Kernel-side cleanups that host teardown runs last, after every fd is closed and the address
+   * space is gone (module exit: kvm_exit frees seed 004's all-ones page, kvm/allones.ts).
+   */
+  readonly teardown: (() => void)[];
 }
 
 /** What is still allocated: after everything was closed, every count must be 0. */
@@ -113,7 +118,7 @@ export class ModelHost implements Host {
       },
     });
     if (options.maxMapCount !== undefined) mm.maxMapCount = options.maxMapCount;
-    this.kernel = { alloc, zeroPfn: zero, mm, fds: new FdTable() };
+    this.kernel = { alloc, zeroPfn: zero, mm, fds: new FdTable(), teardown: [] };
   }
 
   private get fds(): FdTable {
@@ -296,6 +301,7 @@ export class ModelHost implements Host {
     this.disposed = true;
     for (const fd of this.fds.fds().reverse()) this.fds.close(fd);
     this.kernel.mm.exitMmap();
+    for (const fn of this.kernel.teardown.splice(0)) fn();
     if (this.kernel.alloc.lockWaiterCount > 0) kvmWarn('page-lock waiters left at host teardown');
   }
 

@@ -78,6 +78,7 @@ import {
 } from '../uapi.js';
 import { u64AddOverflows } from '../units.js';
 import { createVcpu } from '../vcpu/vcpu.js';
+import { installAllonesExtension } from './allones.js';
 import { initMixed, KvmMemoryAttributes, kvmSetMemoryAttributes } from './attributes.js';
 import { type GmemLifetime, gmemFaultOps, kvmGmemBind, kvmGmemCreate, kvmGmemUnbind } from './guest_memfd.js';
 import { installMemfdPrivateExtension } from './memfd_private.js';
@@ -283,6 +284,7 @@ export class KvmVm {
     this.mmu = Array.from({ length: this.nrAs }, () => new TdpMmu({ maxPhyAddr }));
     // kvm_init_mmu_notifier: shared memory follows the host mm (KVM_CAP_SYNC_MMU, MR-26).
     if (options.extensions?.privateMemfd) installMemfdPrivateExtension(this);
+    if (options.extensions?.allones) installAllonesExtension(this);
     this.notifierSub = kernel.mm.notifiers.register({
       invalidateRangeStart: (r) => this.mmuNotifierInvalidateRangeStart(r),
       invalidateRangeEnd: (r) => this.mmuNotifierInvalidateRangeEnd(r),
@@ -405,6 +407,10 @@ export class KvmVm {
   readonly extensionSlotFlags = new Map<number, { valid: (vm: KvmVm, req: Region) => boolean }>();
   /** Extension flags whose slots, like guest_memfd slots, can only be deleted (MR-14). */
   readonly immutableSlotFlags = new Set<number>();
+  /** Extension flags that, like READONLY, cannot be toggled on an existing slot (MR-14). */
+  fixedSlotFlags = 0;
+  /** Extension checks of every request (deletes too), run where seed 004 put its own: after MR-6. */
+  readonly extensionRegionChecks: ((vm: KvmVm, mem: Region, call: string) => void)[] = [];
   /** Extension hooks around slot creation and removal. */
   readonly slotExtensions: {
     prepare?(vm: KvmVm, slot: Slot, req: Region): void;
@@ -464,6 +470,7 @@ export class KvmVm {
       fail('EINVAL', `memory_size ${mem.memorySize} is not a multiple of 4096`, call, 'MR-5');
     if (mem.guestPhysAddr % PAGE !== 0)
       fail('EINVAL', `guest_phys_addr ${hex(mem.guestPhysAddr)} is not page aligned`, call, 'MR-6');
+    for (const check of this.extensionRegionChecks) check(this, mem, call);
     if (
       mem.userspaceAddr % PAGE !== 0 ||
       mem.memorySize > TASK_SIZE_MAX ||
@@ -530,8 +537,13 @@ export class KvmVm {
       if (mem.userspaceAddr !== old.userspaceAddr || npages !== old.npages) {
         fail('EINVAL', `slot ${id} exists: userspace_addr and size cannot change`, call, 'MR-14');
       }
-      if (((mem.flags ^ old.flags) & (KVM_MEM_READONLY | KVM_MEM_GUEST_MEMFD)) !== 0) {
-        fail('EINVAL', `slot ${id} exists: READONLY and GUEST_MEMFD cannot be toggled`, call, 'MR-14');
+      if (((mem.flags ^ old.flags) & (KVM_MEM_READONLY | KVM_MEM_GUEST_MEMFD | this.fixedSlotFlags)) !== 0) {
+        fail(
+          'EINVAL',
+          `slot ${id} exists: READONLY, GUEST_MEMFD and ALLONES cannot be toggled`,
+          call,
+          'MR-14',
+        );
       }
       if (baseGfn !== old.baseGfn) change = 'MOVE';
       else if (mem.flags !== (old.flags & 0xffff)) change = 'FLAGS_ONLY';
