@@ -110,3 +110,28 @@ describe('KVM_SET_MEMORY_ATTRIBUTES (MA-0..MA-7)', () => {
     v.close();
   });
 });
+
+describe('MA-5: the zap covers the range, the retry range its huge frames', () => {
+  it('converting one 4 KiB page of a fully mapped slot zaps that page only', () => {
+    const t = vmWithRam(U.KVM_X86_SW_PROTECTED_VM, 4 * MiB);
+    const v = vcpuWith(
+      t,
+      program((b) => b.fill(0, 4 * MiB, 1).halt()),
+    );
+    v.run();
+    const mmu = t.vm.kvm.mmu[0];
+    const before = mmu?.stats().leaves4k ?? 0;
+    expect(before).toBeGreaterThanOrEqual(1024);
+    const k = t.vm.kvm;
+    let added: [number, number] = [0, 0];
+    const begin = k.invalidateRangeAdd.bind(k);
+    k.invalidateRangeAdd = (s, e) => {
+      added = [s, e];
+      begin(s, e);
+    };
+    t.vm.setMemoryAttributes({ address: 0x203000, size: PAGE, attributes: P });
+    expect(mmu?.stats().leaves4k).toBe(before - 1);
+    expect(added).toEqual([0x200, 0x400]); // widened to the 2 MiB frame inside the slot
+    v.close();
+  });
+});

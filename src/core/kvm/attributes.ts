@@ -146,21 +146,26 @@ export function kvmSetMemoryAttributes(vm: KvmVm, a: MemoryAttributes): 0 {
   attrs.stats.changes++;
   // MA-5: invalidate where memslots intersect, widened to the huge frames that straddle the
   // range's ends inside a slot (their mapping level may change).
-  const ranges: { asId: number; start: number; end: number }[] = [];
+  const ranges: { asId: number; start: number; end: number; addStart: number; addEnd: number }[] = [];
   const slots: KvmMemorySlot[] = [];
   for (const set of vm.memslots) {
     set.index.forEachIntersecting(start, end, (_b, _n, h) => {
       const slot = vm.slotTable[h];
       if (!slot) return;
       slots.push(slot);
-      let lo = Math.max(start, slot.baseGfn);
-      let hi = Math.min(end, slot.endGfn);
-      const n = LEVEL_PAGES[3];
-      const flo = Math.floor(lo / n) * n;
-      const fhi = Math.ceil(hi / n) * n;
-      if (flo >= slot.baseGfn) lo = flo;
-      if (fhi <= slot.endGfn) hi = fhi;
-      ranges.push({ asId: set.asId, start: lo, end: hi });
+      const lo = Math.max(start, slot.baseGfn);
+      const hi = Math.min(end, slot.endGfn);
+      // The head and tail huge frames wholly inside the slot join the retry range (their level
+      // may change); the zap covers only the range itself.
+      let addLo = lo;
+      let addHi = hi;
+      for (const n of [LEVEL_PAGES[2], LEVEL_PAGES[3]]) {
+        const flo = Math.floor(lo / n) * n;
+        const fhi = Math.ceil(hi / n) * n;
+        if (flo >= slot.baseGfn && flo + n <= slot.endGfn) addLo = Math.min(addLo, flo);
+        if (fhi <= slot.endGfn && fhi - n >= slot.baseGfn) addHi = Math.max(addHi, fhi);
+      }
+      ranges.push({ asId: set.asId, start: lo, end: hi, addStart: addLo, addEnd: addHi });
     });
   }
   vm.invalidateGfnRanges(ranges, () => {

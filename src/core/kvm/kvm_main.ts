@@ -799,7 +799,7 @@ export class KvmVm {
    * releases: INV-4's other sources). Does nothing around `work` if `ranges` is empty.
    */
   invalidateGfnRanges(
-    ranges: readonly { asId: number; start: number; end: number }[],
+    ranges: readonly { asId: number; start: number; end: number; addStart?: number; addEnd?: number }[],
     work: () => void,
   ): void {
     if (ranges.length === 0) {
@@ -810,7 +810,9 @@ export class KvmVm {
     this.invalidateBegin();
     try {
       for (const g of ranges) {
-        this.invalidateRangeAdd(g.start, g.end);
+        // The retry range may be wider than what is zapped (MA-5: whole huge frames whose mapping
+        // level may change must not be faulted in meanwhile; only leaves meeting [start, end) go).
+        this.invalidateRangeAdd(g.addStart ?? g.start, g.addEnd ?? g.end);
         this.unmapGfnRange(g.asId, g.start, g.end);
       }
       work();
