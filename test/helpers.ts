@@ -6,7 +6,7 @@
  * may remain (the VS Code "leaked disposable" idea applied to kernel objects).
  */
 import { expect } from 'vitest';
-import { KvmError } from '../src/core/errno.js';
+import { HostFault, KvmError } from '../src/core/errno.js';
 import { createHost, type HostOptions, type ModelHost } from '../src/core/host.js';
 
 const live: ModelHost[] = [];
@@ -46,3 +46,14 @@ export function expectErrno(fn: () => unknown, code: string, rule?: string): Kvm
 export const PAGE = 4096;
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
+
+/** The HostFault (SIGSEGV/SIGBUS) that fn raises; fails the test if it raises none. */
+export function hostFaultOf(fn: () => unknown): HostFault {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof HostFault) return e;
+    throw e;
+  }
+  throw new Error('expected a HostFault');
+}

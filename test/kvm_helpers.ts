@@ -48,3 +48,12 @@ export function memfdMapping(host: ModelHost, bytes: number): [number, number] {
   host.ftruncate(fd, bytes);
   return [fd, host.mmap(0, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)];
 }
+
+/** A struct kvm_userspace_memory_region. */
+export const region = (slot: number, gpa: number, size: number, hva: number, flags = 0) => ({
+  slot,
+  flags,
+  guestPhysAddr: gpa,
+  memorySize: size,
+  userspaceAddr: hva,
+});

@@ -1,7 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { expectErrno, expectNoLeaks, MiB, PAGE, trackedHost } from '../../../test/helpers.js';
+import { expectErrno, expectNoLeaks, hostFaultOf, MiB, PAGE, trackedHost } from '../../../test/helpers.js';
 import { memfdMapping, vcpuWith, vmWithRam } from '../../../test/kvm_helpers.js';
-import { HostFault } from '../errno.js';
 import { memfileRegisterNotifier, memfileUnregisterNotifier } from '../mm/memfile_notifier.js';
 import * as U from '../uapi.js';
 import type { PgOff } from '../units.js';
@@ -18,15 +17,7 @@ function swVm() {
   return t;
 }
 
-function faultOf(fn: () => unknown): HostFault {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof HostFault) return e;
-    throw e;
-  }
-  throw new Error('expected a HostFault');
-}
+const faultOf = hostFaultOf;
 
 describe('KVM_CREATE_GUEST_MEMFD (GM-1..GM-3)', () => {
   it('GM-1: every single flag bit is accepted iff KVM_CAP_GUEST_MEMFD_FLAGS has it (guest_memfd_test_flags)', () => {

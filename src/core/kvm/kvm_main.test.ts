@@ -1,18 +1,12 @@
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { expectErrno, expectNoLeaks, MiB, PAGE, trackedHost } from '../../../test/helpers.js';
-import { memfdMapping, vmWithRam } from '../../../test/kvm_helpers.js';
+import { memfdMapping, region, vmWithRam } from '../../../test/kvm_helpers.js';
 import * as U from '../uapi.js';
 
 afterEach(expectNoLeaks);
 
-const R = (slot: number, gpa: number, size: number, hva: number, flags = 0) => ({
-  slot,
-  flags,
-  guestPhysAddr: gpa,
-  memorySize: size,
-  userspaceAddr: hva,
-});
+const R = region;
 
 describe('/dev/kvm (GEN-3, GEN-4, §1.4)', () => {
   it('answers the API version, vCPU mmap size and the x86-64 capabilities of §1.4', () => {

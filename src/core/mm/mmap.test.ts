@@ -1,6 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { expectErrno, expectNoLeaks, PAGE, trackedHost } from '../../../test/helpers.js';
-import { HostFault } from '../errno.js';
+import { expectErrno, expectNoLeaks, hostFaultOf, PAGE, trackedHost } from '../../../test/helpers.js';
 import type { ModelHost } from '../host.js';
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -48,15 +47,7 @@ function memfd(h: ModelHost, size: number, fill?: number): number {
   return fd;
 }
 
-function faultOf(fn: () => unknown): HostFault {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof HostFault) return e;
-    throw e;
-  }
-  throw new Error('expected a HostFault');
-}
+const faultOf = hostFaultOf;
 
 describe('mmap', () => {
   it('anonymous private memory reads zeros and keeps writes', () => {

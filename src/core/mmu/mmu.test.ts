@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { expectErrno, expectNoLeaks, MiB, PAGE } from '../../../test/helpers.js';
-import { memfdMapping, vcpuWith, vmWithRam } from '../../../test/kvm_helpers.js';
+import { memfdMapping, region, vcpuWith, vmWithRam } from '../../../test/kvm_helpers.js';
 import type { KvmVm } from '../kvm/kvm_main.js';
 import * as U from '../uapi.js';
 import { program } from '../vcpu/program.js';
@@ -15,13 +15,7 @@ import {
 
 afterEach(expectNoLeaks);
 
-const R = (slot: number, gpa: number, size: number, hva: number, flags = 0) => ({
-  slot,
-  flags,
-  guestPhysAddr: gpa,
-  memorySize: size,
-  userspaceAddr: hva,
-});
+const R = region;
 
 function fault(vm: KvmVm, gpa: number, write = false) {
   const f = newFault(gpa, write, false, 0);

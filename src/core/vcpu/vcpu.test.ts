@@ -1,18 +1,12 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { expectErrno, expectNoLeaks, MiB, PAGE } from '../../../test/helpers.js';
-import { memfdMapping, vcpuWith, vmWithRam } from '../../../test/kvm_helpers.js';
+import { memfdMapping, region, vcpuWith, vmWithRam } from '../../../test/kvm_helpers.js';
 import * as U from '../uapi.js';
 import { program, REPORT_PORT, SYNC_PORT } from './program.js';
 
 afterEach(expectNoLeaks);
 
-const R = (slot: number, gpa: number, size: number, hva: number, flags = 0) => ({
-  slot,
-  flags,
-  guestPhysAddr: gpa,
-  memorySize: size,
-  userspaceAddr: hva,
-});
+const R = region;
 
 describe('guest programs', () => {
   it('loads, stores of every width, add, loops and sync exits', () => {
