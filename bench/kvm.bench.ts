@@ -365,7 +365,7 @@ async function faultRows(rows: BenchRow[]): Promise<void> {
     samples: guest.samples,
     target: { op: '>=', value: 3e6 },
     ratio: { value: KVM_FAULT_NS / guest.nsPerOp, to: "KVM's 2.9 µs" },
-    note: `${guest.nsPerOp.toFixed(0)} ns per page (3 guest instructions, TLB miss, fault, TLB fill, 8-byte write)`,
+    note: `${guest.nsPerOp.toFixed(0)} ns per page (JIT, TLB miss handed to the interpreter, fault, TLB fill, 8-byte write)`,
   });
   if (r) closeRamVm(host, r);
   host.dispose();

@@ -17,6 +17,7 @@
  *
  * Options:
  *   --runs N      runs per module (default 2)
+ *   --timeout S   seconds a module may run before it is stopped and reported failed (default 900)
  *   --only a,b    only the modules whose file name contains one of the words
  *   --no-write    print the tables only; --write forces writing
  *   --compiled    run JavaScript compiled by tsc (bench/tsconfig.compiled.json, output in
@@ -82,17 +83,23 @@ async function child(file: string): Promise<void> {
 }
 
 /** Runs one module in a fresh process: `runner` is this file (tsx) or its compiled twin (plain node). */
-function runChild(runner: string, file: string, compiled: boolean): Promise<ChildResult> {
+function runChild(runner: string, file: string, compiled: boolean, timeoutS: number): Promise<ChildResult> {
   return new Promise((resolve) => {
     const p = fork(runner, ['--child', file], {
       stdio: 'inherit',
       ...(compiled ? { execArgv: [] } : {}),
     });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      p.kill();
+    }, timeoutS * 1e3);
     let result: ChildResult | null = null;
     p.on('message', (m) => {
       result = m as ChildResult;
     });
     p.on('exit', (code) => {
+      clearTimeout(timer);
       resolve(
         result ?? {
           module: basename(file),
@@ -100,7 +107,7 @@ function runChild(runner: string, file: string, compiled: boolean): Promise<Chil
           rows: [],
           ms: 0,
           cpuShare: 0,
-          error: `exited with code ${code}`,
+          error: timedOut ? `stopped after ${timeoutS} s (--timeout)` : `exited with code ${code}`,
         },
       );
     });
@@ -286,6 +293,9 @@ async function main(argv: string[]): Promise<void> {
   const runsAt = argv.indexOf('--runs');
   const runs = runsAt >= 0 ? Number(argv[runsAt + 1]) : 2;
   if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs ${argv[runsAt + 1]}: want an integer ≥ 1`);
+  const timeoutAt = argv.indexOf('--timeout');
+  const timeoutS = timeoutAt >= 0 ? Number(argv[timeoutAt + 1]) : 900;
+  if (!(timeoutS > 0)) throw new Error(`--timeout ${argv[timeoutAt + 1]}: want seconds > 0`);
   const onlyAt = argv.indexOf('--only');
   const only = onlyAt >= 0 ? (argv[onlyAt + 1] ?? '').split(',').filter((w) => w.length > 0) : null;
   const compiled = argv.includes('--compiled');
@@ -303,7 +313,7 @@ async function main(argv: string[]): Promise<void> {
   for (let run = 1; run <= runs; run++) {
     for (const f of files) {
       process.stderr.write(`run ${run}/${runs}: ${relative(root, f)} … `);
-      const res = await runChild(runner, f, compiled);
+      const res = await runChild(runner, f, compiled, timeoutS);
       records.push({ ...res, run });
       process.stderr.write(
         res.error ? `FAILED (${res.error})\n` : `${res.rows.length} rows in ${(res.ms / 1e3).toFixed(1)} s\n`,
