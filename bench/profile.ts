@@ -3,12 +3,18 @@
  * repeats one hot path for a few seconds so a CPU profile has enough samples:
  *
  *   fault        kvmTdpPageFault over every page of a 1 GiB memfd slot, frames zeroed on hand-out
+ *   fault-fresh  the same on a fresh host: no frame needs zeroing (the fault path without memset)
  *   guest-fault  a guest program writing every page of a 1 GiB memfd slot (vCPU → fault path)
  *   private      kvmTdpPageFault over every page of a 1 GiB private guest_memfd slot
  *   access       guest 8-byte loads over 1 MiB of mapped memory (JIT)
  *   interp       the same with the interpreter (vcpu.useJit = false)
+ *   scan         a guest reading one dword per 4 KiB page over 256 MiB of KVM_MEM_ALLONES holes
+ *                (bench/allones.bench.ts's ECAM scan), SPTEs warm: every read a TLB miss
+ *   scan-cold    the same with the SPTEs zapped before each scan: every read a fault
  *   setup        32764 × KVM_SET_USER_MEMORY_REGION into an empty VM
  *   convert      4 KiB attribute conversions inside a 1 GiB guest_memfd slot
+ *   punch        punch 1 GiB of a guest_memfd whose pages are all mapped private (the faults that
+ *                map them are not measured), then fallocate the 1 GiB again (measured too)
  *
  * Profile one, then list where its time goes (self time, restricted to the measured intervals):
  *
@@ -23,7 +29,18 @@
  */
 import { writeFileSync } from 'node:fs';
 import { createHost } from '../src/core/host.js';
-import { MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../src/core/uapi.js';
+import type { TdpMmu } from '../src/core/mmu/tdp_mmu.js';
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  KVM_CAP_GUESTMEM_ALLONES,
+  KVM_MEM_ALLONES,
+  MAP_ANONYMOUS,
+  MAP_NORESERVE,
+  MAP_PRIVATE,
+  PROT_READ,
+  PROT_WRITE,
+} from '../src/core/uapi.js';
 import { type Program, program } from '../src/core/vcpu/program.js';
 import type { KvmVcpu } from '../src/core/vcpu/vcpu.js';
 import {
@@ -74,8 +91,9 @@ function touchEveryPage(): Program {
 function workload(mode: string): void {
   const host = createHost();
   switch (mode) {
-    case 'fault': {
-      pinDirtySections(host.kernel.alloc, PAGES_1G + 1024);
+    case 'fault':
+    case 'fault-fresh': {
+      if (mode === 'fault') pinDirtySections(host.kernel.alloc, PAGES_1G + 1024);
       repeat(() => {
         const r = ramVm(host, GiB);
         measured(() => faultAll(r.vm, PAGES_1G));
@@ -176,8 +194,57 @@ function workload(mode: string): void {
       closeGmemVm(host, g);
       break;
     }
+    case 'scan':
+    case 'scan-cold': {
+      const ecam = 0xb000_0000;
+      const bytes = 256 * 2 ** 20;
+      const h = createHost({ kvm: { extensions: { allones: true } } });
+      const r = ramVm(h, 2 ** 20);
+      r.vm.enableCap({ cap: KVM_CAP_GUESTMEM_ALLONES, args: [] });
+      r.vm.setUserMemoryRegion2({
+        slot: 1,
+        flags: KVM_MEM_ALLONES,
+        guestPhysAddr: ecam,
+        memorySize: bytes,
+        userspaceAddr: 0,
+      });
+      const v = r.vm.createVcpu(0) as KvmVcpu;
+      v.setProgram(
+        program((b) =>
+          b
+            .mov('r9', ecam)
+            .loop('r10', bytes / PAGE, (l) => l.load(4, 'r8', { base: 'r9', disp: 0 }).add('r9', PAGE))
+            .halt(),
+        ),
+      );
+      v.run(); // maps every hole page and compiles the program
+      const mmu = r.vm.kvm.mmu[0] as TdpMmu;
+      repeat(() => {
+        if (mode === 'scan-cold') mmu.zapAll();
+        v.setRegs({ rip: 0x1000n }); // restart the loaded program (DEFAULT_PROGRAM_LAYOUT)
+        measured(() => v.run());
+      });
+      v.close();
+      closeRamVm(h, r);
+      h.dispose();
+      break;
+    }
+    case 'punch': {
+      pinDirtySections(host.kernel.alloc, PAGES_1G + 1024);
+      const g = gmemVm(host, GiB, true);
+      repeat(() => {
+        faultAll(g.vm, PAGES_1G);
+        measured(() => host.fallocate(g.gmem, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, GiB));
+        measured(() => host.fallocate(g.gmem, FALLOC_FL_KEEP_SIZE, 0, GiB));
+        host.fallocate(g.gmem, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, GiB);
+      });
+      closeGmemVm(host, g);
+      break;
+    }
     default:
-      throw new Error(`unknown mode ${mode}: fault, guest-fault, private, access, interp, setup, convert`);
+      throw new Error(
+        `unknown mode ${mode}: fault, fault-fresh, guest-fault, private, access, interp, scan, scan-cold, setup, convert, punch`,
+      );
   }
 }
 

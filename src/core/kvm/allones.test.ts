@@ -186,7 +186,7 @@ describe('KVM_MEM_ALLONES: the shared 0xff page', () => {
     t.vm.setUserMemoryRegion2(region(1, HOLE, 64 * PAGE));
     expect(alloc.stats.allocated - frames).toBe(1);
     const { pfn } = pageOf(t.host);
-    expect(alloc.owner[pfn]).toBe(OWNER_KERNEL);
+    expect(alloc.ownerOf(pfn)).toBe(OWNER_KERNEL);
     expect((alloc.flags[pfn] as number) & PG_RESERVED).toBe(PG_RESERVED);
     expect(alloc.refcount[pfn]).toBe(2); // the kernel's reference and the slot's
     const bytes = new Uint8Array(PAGE);

@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { expectErrno, expectNoLeaks, MiB, PAGE } from '../../../test/helpers.js';
 import { vcpuWith, vmWithRam } from '../../../test/kvm_helpers.js';
@@ -133,5 +134,75 @@ describe('MA-5: the zap covers the range, the retry range its huge frames', () =
     expect(mmu?.stats().leaves4k).toBe(before - 1);
     expect(added).toEqual([0x200, 0x400]); // widened to the 2 MiB frame inside the slot
     v.close();
+  });
+});
+
+describe('HP-3: mixed flags after any sequence of conversions', () => {
+  it('property: equal to a recomputation from the attributes, tracked frames only', () => {
+    const GiB = 2 ** 30;
+    const t = vmWithRam(U.KVM_X86_SW_PROTECTED_VM, MiB);
+    // A slot that starts 2 MiB before a 1 GiB boundary and ends 2 MiB after one: its first and
+    // last 1 GiB frames are only partly inside (never tracked), the two between are.
+    const base = GiB - 2 * MiB;
+    const size = 2 * GiB + 4 * MiB;
+    const fd = t.host.memfdCreate('ram');
+    t.host.ftruncate(fd, size);
+    const hva = t.host.mmap(0, size, U.PROT_READ | U.PROT_WRITE, U.MAP_SHARED, fd, 0);
+    t.vm.setUserMemoryRegion({
+      slot: 1,
+      flags: 0,
+      guestPhysAddr: base,
+      memorySize: size,
+      userspaceAddr: hva,
+    });
+    const k = t.vm.kvm;
+    const slot = k.gfnToMemslot(base / PAGE);
+    if (!slot) throw new Error('no slot');
+    const attrs = k.attributes.map;
+    // The first frame whose flag differs from a recomputation, or null (one expect per check).
+    const wrongFrame = (): string | null => {
+      const m2 = slot.lpageMixed[0];
+      for (let i = 0; i < m2.length; i++) {
+        const b = slot.frameBase(i, 2);
+        const want = slot.frameInside(i, 2) && !attrs.isUniform(b, b + 512, attrs.get(b));
+        if (m2[i] !== (want ? 1 : 0)) return `2 MiB frame ${i}`;
+      }
+      const m3 = slot.lpageMixed[1];
+      for (let i = 0; i < m3.length; i++) {
+        const b = slot.frameBase(i, 3);
+        let want = slot.frameInside(i, 3) && !attrs.isUniform(b, b + 262144, attrs.get(b));
+        if (slot.frameInside(i, 3)) {
+          const i2 = slot.lpageIndex(b, 2);
+          for (let j = 0; j < 512; j++) want ||= m2[i2 + j] === 1;
+        }
+        if (m3[i] !== (want ? 1 : 0)) return `1 GiB frame ${i}`;
+      }
+      return null;
+    };
+    // Conversions near the frame boundaries: single pages, a few frames, whole gigabytes.
+    const gfn = fc.oneof(
+      fc.integer({ min: 0, max: 4 * 262144 }),
+      fc
+        .constantFrom(262144, 2 * 262144, 3 * 262144, 262144 - 512)
+        .chain((g) => fc.integer({ min: g - 600, max: g + 600 })),
+    );
+    const len = fc.oneof(
+      fc.constant(1),
+      fc.integer({ min: 1, max: 2048 }),
+      fc.integer({ min: 1, max: 600_000 }),
+    );
+    fc.assert(
+      fc.property(fc.array(fc.tuple(gfn, len, fc.boolean()), { minLength: 1, maxLength: 30 }), (ops) => {
+        t.vm.setMemoryAttributes({ address: 0, size: 4 * GiB, attributes: 0 });
+        for (const [g, n, priv] of ops) {
+          t.vm.setMemoryAttributes({ address: g * PAGE, size: n * PAGE, attributes: priv ? P : 0 });
+          expect(wrongFrame()).toBeNull();
+        }
+      }),
+      { numRuns: 25 },
+    );
+    t.vm.setUserMemoryRegion({ slot: 1, flags: 0, guestPhysAddr: base, memorySize: 0, userspaceAddr: hva });
+    t.host.munmap(hva, size);
+    t.host.close(fd);
   });
 });

@@ -110,18 +110,30 @@ export class GmemInode implements Inode {
 
   /** Frees pages [start, end) (truncate_inode_pages_range). Locked pages wait for their unlock. */
   removePages(start: number, end: number): void {
-    const { indices, pfns } = this.mapping.collect(start, end);
-    for (let k = 0; k < indices.length; k++) {
-      const index = indices[k] as number;
-      const pfn = pfns[k] as Pfn;
-      const drop = (): void => {
-        if (this.mapping.lookup(index as PgOff) !== pfn) return;
-        this.mapping.erase(index as PgOff);
+    const alloc = this.alloc;
+    // One walk of the page cache drops every unlocked page; locked ones are collected and their
+    // removal parked on the lock (no closure per page: a 1 GiB punch visits 262144 pages).
+    let parked: number[] | null = null;
+    this.stats.freed += this.mapping.removeRange(start, end, (index, pfn) => {
+      if (alloc.isLocked(pfn)) {
+        parked ??= [];
+        parked.push(index, pfn);
+        return false;
+      }
+      alloc.put(pfn);
+      return true;
+    });
+    if (parked === null) return;
+    const list: number[] = parked;
+    for (let k = 0; k < list.length; k += 2) {
+      const index = list[k] as PgOff;
+      const pfn = list[k + 1] as Pfn;
+      alloc.waitUnlocked(pfn, () => {
+        if (this.mapping.lookup(index) !== pfn) return;
+        this.mapping.erase(index);
         this.stats.freed++;
-        this.alloc.put(pfn);
-      };
-      if (this.alloc.isLocked(pfn)) this.alloc.waitUnlocked(pfn, drop);
-      else drop();
+        alloc.put(pfn);
+      });
     }
   }
 

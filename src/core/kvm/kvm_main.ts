@@ -35,6 +35,13 @@ import type { MmuNotifierRange, MmuNotifierSubscription } from '../mm/mmu_notifi
 import type { FaultPhase, GmemFaultOps, KvmPageFault, SlotFaultExtension } from '../mmu/mmu.js';
 import { TdpMmu } from '../mmu/tdp_mmu.js';
 import {
+  memoryRegionArgs,
+  tpKvmMmuInvalidateBegin,
+  tpKvmMmuInvalidateEnd,
+  tpKvmSetUserMemoryRegion,
+  tpKvmUnmapGfnRange,
+} from '../tracepoints.js';
+import {
   KVM_API_VERSION,
   KVM_CAP_CHECK_EXTENSION_VM,
   KVM_CAP_DESTROY_MEMORY_REGION_WORKS,
@@ -212,9 +219,11 @@ export class KvmVm {
   /** Memslot address spaces: 2 (with SMM) or 1 for private-memory VMs (GEN-4). */
   readonly nrAs: number;
   readonly memslots: KvmMemslots[];
-  /** Slot table: MemslotIndex handles index it. */
+  /**
+   * Slot table: MemslotIndex handles index it. Slot `id` of address space `as` is entry
+   * `id * nrAs + as` (memslot.ts SlotsById, which fills it).
+   */
   readonly slotTable: (Slot | null)[] = [];
-  private freeHandles: number[] = [];
   /** One TDP root per address space. */
   readonly mmu: TdpMmu[];
   /** kvm_mmu_max_gfn(). */
@@ -280,7 +289,10 @@ export class KvmVm {
     this.nrAs = this.hasPrivateMem ? 1 : 2;
     const maxPhyAddr = options.maxPhyAddr ?? 48;
     this.maxGfn = 2 ** (maxPhyAddr - 12) - 1;
-    this.memslots = Array.from({ length: this.nrAs }, (_, as) => new KvmMemslots(as));
+    this.memslots = Array.from(
+      { length: this.nrAs },
+      (_, as) => new KvmMemslots(as, this.slotTable, this.nrAs),
+    );
     this.mmu = Array.from({ length: this.nrAs }, () => new TdpMmu({ maxPhyAddr }));
     // kvm_init_mmu_notifier: shared memory follows the host mm (KVM_CAP_SYNC_MMU, MR-26).
     if (options.extensions?.privateMemfd) installMemfdPrivateExtension(this);
@@ -423,7 +435,9 @@ export class KvmVm {
     if ((mem.flags & KVM_MEM_GUEST_MEMFD) !== 0) valid &= ~KVM_MEM_LOG_DIRTY_PAGES;
     // kvm_arch_has_readonly_mem: no protected state on DEFAULT and SW_PROTECTED.
     if ((mem.flags & KVM_MEM_GUEST_MEMFD) === 0) valid |= KVM_MEM_READONLY;
-    for (const [flag, ext] of this.extensionSlotFlags) if (ext.valid(this, mem)) valid |= flag;
+    if (this.extensionSlotFlags.size !== 0) {
+      for (const [flag, ext] of this.extensionSlotFlags) if (ext.valid(this, mem)) valid |= flag;
+    }
     if ((mem.flags & ~valid) >>> 0 !== 0) {
       fail(
         'EINVAL',
@@ -598,8 +612,8 @@ export class KvmVm {
     const asId = (slot ?? (old as Slot)).asId;
     const slots = this.memslots[asId] as KvmMemslots;
     if (slot) {
-      // kvm_prepare_memory_region: metadata, then the dirty bitmap (DL-1, MR-24).
-      slot.initLpageInfo();
+      // kvm_prepare_memory_region: metadata (lpage_info is computed from the slot until first
+      // use, memslot.ts), then the dirty bitmap (DL-1, MR-24).
       initMixed(this, slot);
       if (slot.logDirty) slot.dirtyBitmap = old?.dirtyBitmap ?? this.allocDirtyBitmap(slot.npages);
       if (old?.gmem && !slot.gmem) slot.gmem = old.gmem;
@@ -624,8 +638,9 @@ export class KvmVm {
       this.releaseHandle(o);
     }
     if (slot) {
-      slot.handle = this.allocHandle(slot);
+      // The slot table entry first: the index resolves handles through it.
       slots.byId.set(slot.id, slot);
+      slot.handle = slots.byId.handleOf(slot.id);
       slots.index.insert(slot.baseGfn, slot.npages, slot.handle);
       if (change === 'CREATE') this.nrMemslotPages += slot.npages;
     }
@@ -659,7 +674,7 @@ export class KvmVm {
     const slots = this.memslots[slot.asId] as KvmMemslots;
     slots.index.remove(slot.baseGfn);
     if (slots.byId.get(slot.id) === slot) slots.byId.delete(slot.id);
-    this.releaseHandle(slot);
+    slot.handle = -1;
     if (final) {
       // MR-22: the bitmap goes, the binding goes; attributes stay (they are per-gfn VM state).
       slot.dirtyBitmap = null;
@@ -668,17 +683,10 @@ export class KvmVm {
     }
   }
 
-  private allocHandle(slot: Slot): number {
-    const h = this.freeHandles.pop() ?? this.slotTable.length;
-    this.slotTable[h] = slot;
-    return h;
-  }
-
+  /** Takes the slot out of its slot table entry (byId), if it still holds it. */
   private releaseHandle(slot: Slot): void {
-    if (slot.handle >= 0 && this.slotTable[slot.handle] === slot) {
-      this.slotTable[slot.handle] = null;
-      this.freeHandles.push(slot.handle);
-    }
+    const byId = (this.memslots[slot.asId] as KvmMemslots).byId;
+    if (slot.handle >= 0 && byId.get(slot.id) === slot) byId.delete(slot.id);
     slot.handle = -1;
   }
 
@@ -695,9 +703,8 @@ export class KvmVm {
   /** The slot containing gfn in an address space (INVALID slots included), or null. */
   gfnToMemslot(gfn: number, asId = 0): Slot | null {
     const slots = this.memslots[asId];
-    if (!slots) return null;
-    const h = slots.index.find(gfn);
-    return h < 0 ? null : (this.slotTable[h] ?? null);
+    if (slots === undefined) return null;
+    return slots.index.findValue(gfn);
   }
 
   // ---- the invalidation protocol (INV-1..INV-5) ---------------------------------------------
@@ -705,6 +712,8 @@ export class KvmVm {
   /** kvm_mmu_invalidate_begin (INV-1). */
   invalidateBegin(): void {
     this.mmuInvalidateInProgress++;
+    if (tpKvmMmuInvalidateBegin.enabled)
+      tpKvmMmuInvalidateBegin.emit({ inProgress: this.mmuInvalidateInProgress });
     if (this.mmuInvalidateInProgress === 1) {
       this.mmuInvalidateRangeStart = -1;
       this.mmuInvalidateRangeEnd = -1;
@@ -731,6 +740,7 @@ export class KvmVm {
       kvmWarn('mmu_invalidate_in_progress went negative');
       this.mmuInvalidateInProgress = 0;
     }
+    if (tpKvmMmuInvalidateEnd.enabled) tpKvmMmuInvalidateEnd.emit({ seq: this.mmuInvalidateSeq });
   }
 
   /**
@@ -753,6 +763,7 @@ export class KvmVm {
     const n = (this.mmu[asId] as TdpMmu).zapRange(start, end);
     this.stats.zaps++;
     this.stats.zappedSptes += n;
+    if (tpKvmUnmapGfnRange.enabled) tpKvmUnmapGfnRange.emit({ asId, start, end, zapped: n });
     return n;
   }
 
@@ -1015,10 +1026,12 @@ export class VmHandle implements VmApi {
   }
   setUserMemoryRegion(region: UserspaceMemoryRegion): 0 {
     this.check('KVM_SET_USER_MEMORY_REGION').setMemoryRegion(region, false);
+    if (tpKvmSetUserMemoryRegion.enabled) tpKvmSetUserMemoryRegion.emit(memoryRegionArgs(region));
     return 0;
   }
   setUserMemoryRegion2(region: UserspaceMemoryRegion2): 0 {
     this.check('KVM_SET_USER_MEMORY_REGION2').setMemoryRegion(region, true);
+    if (tpKvmSetUserMemoryRegion.enabled) tpKvmSetUserMemoryRegion.emit(memoryRegionArgs(region));
     return 0;
   }
   createGuestMemfd(args: CreateGuestMemfd): number {

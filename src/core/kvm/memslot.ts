@@ -16,6 +16,13 @@
  * - `lpageMixed`: the "mixed attributes" flag per frame (HP-3, private-memory VMs). The kernel
  *   keeps it as bit 31 of disallow_lpage; a separate byte array lets an attribute change over a
  *   huge range clear the interior frames with one native fill.
+ *
+ * Both arrays are materialized on first use, not at creation. The kernel fills lpage_info at
+ * creation with values that follow from the slot's base gfn, size and hva alone (HP-2), and the
+ * model never changes a count afterwards, so `lpageAllowed` computes a count from those three
+ * until someone asks for the arrays; the mixed flags start all clear and only private-memory VMs
+ * set any. A slot is then one small object: creating 32764 of them allocates no typed array, and
+ * a lookup that goes on to read a random slot's fields touches a compact heap.
  */
 
 import { kvmWarn } from '../errno.js';
@@ -42,10 +49,10 @@ export class KvmMemorySlot {
   /** The slot's index in the VM's slot table (the handle MemslotIndex stores). */
   handle = -1;
   dirtyBitmap: Uint8Array | null = null;
-  /** disallow_lpage per frame for level 2 ([0]) and level 3 ([1]). */
-  lpageInfo: [Int32Array, Int32Array] = [new Int32Array(0), new Int32Array(0)];
-  /** HP-3: 1 where the frame's gfns have mixed attributes, per level 2 ([0]) and 3 ([1]). */
-  lpageMixed: [Uint8Array, Uint8Array] = [new Uint8Array(0), new Uint8Array(0)];
+  /** The materialized lpageInfo, null while every count is still the creation value (HP-2). */
+  private lpageCounts: [Int32Array, Int32Array] | null = null;
+  /** The materialized lpageMixed, null while no frame is mixed (HP-3). */
+  private lpageMixedFlags: [Uint8Array, Uint8Array] | null = null;
   /** guest_memfd binding (GB-*), null for ordinary slots. */
   gmem: SlotGmem | null = null;
   /** Extension slot data (ALLONES page, memfd-paired private file…), owned by the extension. */
@@ -105,27 +112,58 @@ export class KvmMemorySlot {
   }
 
   /**
-   * kvm_alloc_memslot_metadata's lpage_info: frame counts per level, with the first and last
-   * frames disallowed when the slot does not cover them, and every frame disallowed when the gfn
-   * and hva are not equally aligned for that level (HP-2).
+   * kvm_alloc_memslot_metadata's lpage_info count of level-L frame i: one for the first and the
+   * last frame when the slot does not cover them, plus one for every frame when the gfn and hva
+   * are not equally aligned for that level (HP-2). Undefined outside the slot's frames.
    */
-  initLpageInfo(): void {
+  private initialDisallow(i: number, level: 2 | 3): number | undefined {
+    const n = LEVEL_PAGES[level];
+    const base = this.baseGfn;
+    const end = base + this.npages;
+    const frames = Math.floor((end - 1) / n) - Math.floor(base / n) + 1;
+    if (!(i >= 0 && i < frames)) return undefined;
+    let v = 0;
+    if (i === 0 && base % n !== 0) v++;
+    if (i === frames - 1 && end % n !== 0) v++;
+    // (base_gfn ^ ugfn) & (n - 1): the two are equally aligned iff their difference is.
     const ugfn = Math.floor(this.userspaceAddr / 4096);
-    for (const level of [2, 3] as const) {
-      const n = LEVEL_PAGES[level];
-      const first = Math.floor(this.baseGfn / n);
-      const last = Math.floor((this.baseGfn + this.npages - 1) / n);
-      const info = new Int32Array(last - first + 1);
-      if (this.baseGfn % n !== 0) info[0] = (info[0] as number) + 1;
-      if ((this.baseGfn + this.npages) % n !== 0)
-        info[info.length - 1] = (info[info.length - 1] as number) + 1;
-      // (base_gfn ^ ugfn) & (n - 1): the two are equally aligned iff their difference is.
-      if ((((this.baseGfn - ugfn) % n) + n) % n !== 0) {
-        for (let i = 0; i < info.length; i++) info[i] = (info[i] as number) + 1;
-      }
-      this.lpageInfo[level - 2] = info;
-      this.lpageMixed[level - 2] = new Uint8Array(info.length);
+    if ((((base - ugfn) % n) + n) % n !== 0) v++;
+    return v;
+  }
+
+  /**
+   * disallow_lpage per frame for level 2 ([0]) and level 3 ([1]), as kvm_alloc_memslot_metadata
+   * fills it (HP-2). Materialized on first access (see the header); writes to it count.
+   */
+  get lpageInfo(): [Int32Array, Int32Array] {
+    let a = this.lpageCounts;
+    if (a === null) {
+      a = [this.initialCounts(2), this.initialCounts(3)];
+      this.lpageCounts = a;
     }
+    return a;
+  }
+
+  /** HP-3: 1 where the frame's gfns have mixed attributes, per level 2 ([0]) and 3 ([1]). */
+  get lpageMixed(): [Uint8Array, Uint8Array] {
+    let a = this.lpageMixedFlags;
+    if (a === null) {
+      a = [new Uint8Array(this.frameCount(2)), new Uint8Array(this.frameCount(3))];
+      this.lpageMixedFlags = a;
+    }
+    return a;
+  }
+
+  /** Frames of the level that the slot touches (the length of its lpage_info array). */
+  private frameCount(level: 2 | 3): number {
+    const n = LEVEL_PAGES[level];
+    return Math.floor((this.baseGfn + this.npages - 1) / n) - Math.floor(this.baseGfn / n) + 1;
+  }
+
+  private initialCounts(level: 2 | 3): Int32Array {
+    const info = new Int32Array(this.frameCount(level));
+    for (let i = 0; i < info.length; i++) info[i] = this.initialDisallow(i, level) as number;
+    return info;
   }
 
   /** First gfn of the level frame with index i (inverse of lpageIndex). */
@@ -142,29 +180,123 @@ export class KvmMemorySlot {
 
   /** True if level-L mappings are allowed at gfn's frame (disallow_lpage == 0, ignoring nothing). */
   lpageAllowed(gfn: number, level: 2 | 3): boolean {
-    const info = this.lpageInfo[level - 2] as Int32Array;
     const i = this.lpageIndex(gfn, level);
-    const v = info[i];
+    const counts = this.lpageCounts;
+    const v = counts === null ? this.initialDisallow(i, level) : (counts[level - 2] as Int32Array)[i];
     if (v === undefined) {
       kvmWarn(`lpage index out of range for gfn ${gfn} in slot ${this.id}`);
       return false;
     }
-    return v === 0 && (this.lpageMixed[level - 2] as Uint8Array)[i] === 0;
+    const mixed = this.lpageMixedFlags;
+    return v === 0 && (mixed === null || (mixed[level - 2] as Uint8Array)[i] === 0);
+  }
+}
+
+/**
+ * An address space's slots by id (the kernel's `id_hash`): the part of a Map's interface the
+ * model uses, over the VM's slot table. Slot `id` of address space `asId` sits at entry
+ * `id * stride + asId` (stride: the VM's number of address spaces), which is also the handle
+ * the address space's MemslotIndex stores for it — so the id lookup of an ioctl and the handle
+ * lookup of a gfn touch the same entry, and a slot's handle follows from its id (ids are below
+ * KVM_MEM_SLOTS_NUM, 2^15). The table grows by doubling to the largest entry used. A Map would
+ * cost a hash probe per lookup, and a rehash of every entry now and then as deletes leave holes.
+ * Iteration is in id order.
+ */
+export class SlotsById {
+  private count = 0;
+
+  /**
+   * @param table the VM's slot table (shared by its address spaces; null entries are free)
+   * @param stride the number of address spaces sharing it
+   * @param asId this address space
+   */
+  constructor(
+    private readonly table: (KvmMemorySlot | null)[],
+    private readonly stride: number,
+    private readonly asId: number,
+  ) {}
+
+  /** Number of slots. */
+  get size(): number {
+    return this.count;
+  }
+
+  /** The slot table entry (MemslotIndex handle) of slot `id`. */
+  handleOf(id: number): number {
+    return id * this.stride + this.asId;
+  }
+
+  get(id: number): KvmMemorySlot | undefined {
+    return this.table[id * this.stride + this.asId] ?? undefined;
+  }
+
+  has(id: number): boolean {
+    return (this.table[id * this.stride + this.asId] ?? null) !== null;
+  }
+
+  set(id: number, slot: KvmMemorySlot): this {
+    if (!(Number.isInteger(id) && id >= 0 && id < 2 ** 16)) {
+      kvmWarn(`SlotsById: slot id ${id} out of range`);
+      return this;
+    }
+    const t = this.table;
+    const h = id * this.stride + this.asId;
+    if (h >= t.length) {
+      // Grow by doubling with explicit nulls: a store far past the end would make the array sparse.
+      let len = Math.max(8, t.length * 2);
+      while (len <= h) len *= 2;
+      for (let i = t.length; i < len; i++) t.push(null);
+    }
+    if (t[h] === null) this.count++;
+    t[h] = slot;
+    return this;
+  }
+
+  delete(id: number): boolean {
+    const t = this.table;
+    const h = id * this.stride + this.asId;
+    if ((t[h] ?? null) === null) return false;
+    t[h] = null;
+    this.count--;
+    return true;
+  }
+
+  /** The slots in id order. */
+  *values(): IterableIterator<KvmMemorySlot> {
+    const t = this.table;
+    for (let h = this.asId; h < t.length; h += this.stride) {
+      const s = t[h];
+      if (s) yield s;
+    }
   }
 }
 
 /** One address space's memslots (struct kvm_memslots). */
 export class KvmMemslots {
-  readonly byId = new Map<number, KvmMemorySlot>();
-  readonly index = new MemslotIndex();
+  readonly byId: SlotsById;
+  /**
+   * gfn → slot. Its handles index the VM's slot table, which it resolves to the slots
+   * themselves, so `find` answers with a slot and keeps `last_used_slot` (memslot_index.ts).
+   */
+  readonly index: MemslotIndex<KvmMemorySlot>;
   /** Bumped on every update (MR-25); MMIO SPTEs and slot caches compare it. */
   generation = 0;
 
-  constructor(readonly asId: number) {}
+  /**
+   * @param table the VM's slot table, which `byId` fills and MemslotIndex handles index
+   * @param nrAs the number of address spaces sharing the table
+   */
+  constructor(
+    readonly asId: number,
+    table: (KvmMemorySlot | null)[] = [],
+    nrAs = 1,
+  ) {
+    this.byId = new SlotsById(table, nrAs, asId);
+    this.index = new MemslotIndex<KvmMemorySlot>(undefined, (h) => table[h] ?? null);
+  }
 
-  /** The slot whose range contains gfn, INVALID or not (search_memslots). */
-  find(gfn: number, table: readonly (KvmMemorySlot | null)[]): KvmMemorySlot | null {
-    const h = this.index.find(gfn);
-    return h < 0 ? null : (table[h] ?? null);
+  /** The slot whose range contains gfn, INVALID or not (__gfn_to_memslot / search_memslots). */
+  find(gfn: number): KvmMemorySlot | null {
+    return this.index.findValue(gfn);
   }
 }

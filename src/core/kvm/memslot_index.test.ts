@@ -167,6 +167,33 @@ describe('MemslotIndex', () => {
     expect(idx.find(1100)).toBe(9);
   });
 
+  it('findValue answers with the resolved slot; the last-used slot follows every hit and is forgotten on remove', () => {
+    const objs = new Map<number, { h: number }>();
+    const idx = new MemslotIndex<{ h: number }>(4, (h) => objs.get(h) ?? null);
+    for (let i = 0; i < 40; i++) {
+      objs.set(i, { h: i });
+      idx.insert(i * 10, 5, i);
+    }
+    expect(idx.findValue(0)).toBe(objs.get(0));
+    expect(idx.findValue(5)).toBeNull(); // the gap after slot 0
+    warmDirectory(idx);
+    for (const g of [123, 124, 391, 0, 4, 394]) expect(idx.findValue(g)).toBe(objs.get(Math.floor(g / 10)));
+    // 394's slot is the last-used one now (a directory hit); removing it forgets it.
+    expect(idx.remove(390)).toBe(39);
+    objs.delete(39);
+    expect(idx.findValue(394)).toBeNull();
+    expect(idx.find(394)).toBe(-1);
+    // A new slot at the same gfns, under another handle, is found with its own value.
+    objs.set(77, { h: 77 });
+    idx.insert(390, 5, 77);
+    expect(idx.findValue(392)).toBe(objs.get(77));
+    expect(idx.find(392)).toBe(77);
+    // Without a resolver findValue answers null, find still answers handles.
+    const plain = indexOf([[0, 4, 9]]);
+    expect(plain.find(1)).toBe(9);
+    expect(plain.findValue(1)).toBeNull();
+  });
+
   it('a mutation makes the directory stale: lookups see the change at once', () => {
     const many: Slot[] = [];
     for (let i = 0; i < 2000; i++) many.push([i * 4, 3, i]); // gaps of one page
@@ -314,7 +341,8 @@ function opArb(span: number): fc.Arbitrary<Op> {
 }
 
 function runAgainstModel(ops: readonly Op[], order: number, offset: number): void {
-  const idx = new MemslotIndex(order);
+  // With a resolver, so findValue is checked against the same model as find.
+  const idx = new MemslotIndex<string>(order, (h) => `slot ${h}`);
   const ref: Slot[] = []; // sorted by base
   let handle = 0;
   const containing = (g: number) => ref.find(([b, n]) => g >= b && g < b + n)?.[2] ?? -1;
@@ -341,8 +369,12 @@ function runAgainstModel(ops: readonly Op[], order: number, offset: number): voi
       expect(idx.remove(b)).toBe(i === -1 ? -1 : (ref[i] as Slot)[2]);
       if (i !== -1) ref.splice(i, 1);
     } else if (op.kind === 'finds') {
-      for (const g of op.gfns)
-        expect(idx.find(offset + g), `find(${offset + g})`).toBe(containing(offset + g));
+      for (const g of op.gfns) {
+        const h = containing(offset + g);
+        expect(idx.find(offset + g), `find(${offset + g})`).toBe(h);
+        // Again, and through findValue: the first lookup made it the last-used slot.
+        expect(idx.findValue(offset + g), `findValue(${offset + g})`).toBe(h === -1 ? null : `slot ${h}`);
+      }
     } else {
       const s = offset + op.start;
       const e = s + op.len;

@@ -34,6 +34,8 @@ const HANDLE_MAX = 2 ** 31 - 1;
 const DIR_MAX_BUCKETS = 2 ** 17;
 /** Within a bucket, scan this many slots linearly before switching to binary search. */
 const DIR_LINEAR_SCAN = 8;
+/** `MemslotIndex.lastHandle` when the handle is still in the directory row `lastJ`. */
+const LAZY_HANDLE = -2;
 
 /**
  * A read-only snapshot of the index for lookups: the slots in gfn order in flat arrays, and a
@@ -45,10 +47,12 @@ const DIR_LINEAR_SCAN = 8;
  * bucket boundary are exact in float arithmetic. A gfn in bucket b can only be in slot j with
  * dir[b] ≤ j ≤ dir[b + 1]: the first slot ending after it.
  */
-class GfnDirectory {
+class GfnDirectory<T> {
   starts = new Float64Array(0);
   ends = new Float64Array(0);
   handles = new Int32Array(0);
+  /** `resolve(handles[j])` for each j when the index has a resolver (see MemslotIndex). */
+  values: (T | null)[] = [];
   dir = new Int32Array(1);
   n = 0;
   lo = 0;
@@ -56,8 +60,8 @@ class GfnDirectory {
   invWidth = 1;
   buckets = 0;
 
-  /** Rebuilds from the tree. O(n + buckets) = O(n). */
-  build(t: RangeBTree): void {
+  /** Rebuilds from the tree, resolving each handle if `resolve` is given. O(n + buckets) = O(n). */
+  build(t: RangeBTree, resolve: ((handle: number) => T | null) | null): void {
     const n = t.size;
     if (this.starts.length < n) {
       const cap = Math.max(n, this.starts.length * 2);
@@ -70,6 +74,18 @@ class GfnDirectory {
       this.starts[j] = t.keys[c] as number;
       this.ends[j] = t.ends[c] as number;
       this.handles[j] = t.vals[c] as number;
+    }
+    if (resolve !== null) {
+      const values = this.values;
+      if (values.length < n) {
+        const cap = Math.max(n, values.length * 2);
+        const grown: (T | null)[] = new Array<T | null>(cap).fill(null);
+        this.values = grown;
+      }
+      const v = this.values;
+      for (let k = 0; k < n; k++) v[k] = resolve(this.handles[k] as number);
+      // Drop references to slots that left the index.
+      for (let k = n; k < this.n; k++) v[k] = null;
     }
     this.n = n;
     if (n === 0) {
@@ -116,26 +132,44 @@ class GfnDirectory {
   }
 }
 
-/** gfn-ordered index of one address space's memslots: disjoint gfn ranges → slot handles (≥ 0). */
-export class MemslotIndex {
+/**
+ * gfn-ordered index of one address space's memslots: disjoint gfn ranges → slot handles (≥ 0).
+ *
+ * With a `resolve` function (handle → the caller's slot object, e.g. a slot table lookup),
+ * `findValue` answers with the object itself: the directory keeps the resolved objects in gfn
+ * order next to its ranges, so a random lookup makes one dependent load fewer than a handle
+ * lookup followed by a table lookup. `resolve(h)` must not change while h is in the index (the
+ * caller fills its table before `insert` and clears it after `remove`).
+ */
+export class MemslotIndex<T = unknown> {
   private readonly tree: RangeBTree;
   /**
-   * The last range the B+tree path of `find` hit (KVM's `last_used_slot`): [lastBase, lastEnd)
-   * → lastHandle. Empty ([0, 0)) when invalid. Stored by value, so inserts never stale it; only
-   * removing that range or `clear` does. Directory hits do not refresh it: a fresh directory is
-   * nearly as cheap, and the three stores would slow random lookups by about a third.
+   * The last range `find` hit (KVM's `last_used_slot`, which `__gfn_to_memslot` refreshes on
+   * every hit): [lastBase, lastEnd) → lastHandle. Empty ([0, 0)) when invalid. Stored by value,
+   * so inserts never stale it; only removing that range or `clear` does.
    */
   private lastBase = 0;
   private lastEnd = 0;
+  /** The last-used handle, or LAZY_HANDLE: still in the directory row `lastJ` (see `lastHandleNow`). */
   private lastHandle = -1;
+  /** The directory row of the last-used range when it came from the directory. */
+  private lastJ = 0;
+  /** resolve(lastHandle) (null without a resolver or when the last-used range is empty). */
+  private lastValue: T | null = null;
   /** The lookup directory, valid only while `dirFresh`. */
-  private readonly dir = new GfnDirectory();
+  private readonly dir = new GfnDirectory<T>();
   private dirFresh = false;
   /** Lookups answered by the B+tree since the last mutation (they pay for a rebuild). */
   private treeLookups = 0;
 
-  /** @param order B+tree node order (a power of two in [4, 1024]); the default suits production, tests use small ones. */
-  constructor(order = RANGE_BTREE_DEFAULT_ORDER) {
+  /**
+   * @param order B+tree node order (a power of two in [4, 1024]); the default suits production, tests use small ones.
+   * @param resolve handle → value for `findValue` (see the class comment); null if unused.
+   */
+  constructor(
+    order = RANGE_BTREE_DEFAULT_ORDER,
+    private readonly resolve: ((handle: number) => T | null) | null = null,
+  ) {
     this.tree = new RangeBTree(order);
   }
 
@@ -192,28 +226,77 @@ export class MemslotIndex {
    * slot, then the directory (or the B+tree while the directory is stale); no allocation.
    */
   find(gfn: number): number {
-    if (gfn >= this.lastBase && gfn < this.lastEnd) return this.lastHandle;
+    if (gfn >= this.lastBase && gfn < this.lastEnd) return this.lastHandleNow();
+    return this.search(gfn) ? this.lastHandleNow() : -1;
+  }
+
+  /**
+   * The last-used slot's handle. A directory hit leaves it in the directory (one load fewer on
+   * the `findValue` path, which does not need it); `mutated` copies it out before the directory
+   * goes stale.
+   */
+  private lastHandleNow(): number {
+    const h = this.lastHandle;
+    return h !== LAZY_HANDLE ? h : (this.dir.handles[this.lastJ] as number);
+  }
+
+  /**
+   * `resolve(handle)` of the slot containing gfn, or null: `find` for an index built with a
+   * resolver, answering with the object. The last-used slot is one range compare; past it, the
+   * directory's half of `search` runs inline (a random lookup makes no call), and the B+tree
+   * while the directory is stale.
+   */
+  findValue(gfn: number): T | null {
+    if (gfn >= this.lastBase && gfn < this.lastEnd) return this.lastValue;
     if (this.dirFresh) {
       const d = this.dir;
       const j = d.find(gfn);
-      return j === -1 ? -1 : (d.handles[j] as number);
+      if (j === -1) return null;
+      const v = (d.values[j] ?? null) as T | null;
+      this.lastBase = d.starts[j] as number;
+      this.lastEnd = d.ends[j] as number;
+      this.lastHandle = LAZY_HANDLE;
+      this.lastJ = j;
+      this.lastValue = v;
+      return v;
     }
-    const t = this.tree;
-    // A rebuild costs about as much as size/8 tree lookups; once that many lookups have been
-    // made since the last mutation, the index is being read more than written.
-    if (++this.treeLookups > (t.size >>> 3) + 32) {
-      this.dir.build(t);
+    return this.search(gfn) ? this.lastValue : null;
+  }
+
+  /**
+   * Looks gfn up past the last-used range: the directory, or the B+tree while the directory is
+   * stale. On a hit, makes it the last-used range (as `__gfn_to_memslot` refreshes
+   * `last_used_slot`) and returns true.
+   */
+  private search(gfn: number): boolean {
+    if (!this.dirFresh) {
+      const t = this.tree;
+      // A rebuild costs about as much as size/8 tree lookups; once that many lookups have been
+      // made since the last mutation, the index is being read more than written.
+      if (++this.treeLookups <= (t.size >>> 3) + 32) {
+        const c = t.floorEntry(gfn);
+        if (c === -1) return false;
+        const end = t.ends[c] as number;
+        if (gfn >= end) return false;
+        const h = t.vals[c] as number;
+        this.lastBase = t.keys[c] as number;
+        this.lastEnd = end;
+        this.lastHandle = h;
+        this.lastValue = this.resolve === null ? null : this.resolve(h);
+        return true;
+      }
+      this.dir.build(t, this.resolve);
       this.dirFresh = true;
-      return this.find(gfn);
     }
-    const c = t.floorEntry(gfn);
-    if (c === -1) return -1;
-    const end = t.ends[c] as number;
-    if (gfn >= end) return -1;
-    this.lastBase = t.keys[c] as number;
-    this.lastEnd = end;
-    this.lastHandle = t.vals[c] as number;
-    return this.lastHandle;
+    const d = this.dir;
+    const j = d.find(gfn);
+    if (j === -1) return false;
+    this.lastBase = d.starts[j] as number;
+    this.lastEnd = d.ends[j] as number;
+    this.lastHandle = LAZY_HANDLE;
+    this.lastJ = j;
+    this.lastValue = this.resolve === null ? null : (d.values[j] as T | null);
+    return true;
   }
 
   /**
@@ -278,6 +361,8 @@ export class MemslotIndex {
   }
 
   private mutated(): void {
+    // The directory still describes the index before this mutation: take the handle out of it.
+    if (this.lastHandle === LAZY_HANDLE) this.lastHandle = this.dir.handles[this.lastJ] as number;
     this.dirFresh = false;
     this.treeLookups = 0;
   }
@@ -286,5 +371,6 @@ export class MemslotIndex {
     this.lastBase = 0;
     this.lastEnd = 0;
     this.lastHandle = -1;
+    this.lastValue = null;
   }
 }

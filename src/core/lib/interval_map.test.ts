@@ -323,6 +323,28 @@ describe('IntervalMap queries', () => {
     expect(new IntervalMap().get(0)).toBe(0);
   });
 
+  it('get answers from the last range or gap it found until the map changes', () => {
+    const m = new IntervalMap();
+    m.set(10, 20, 1);
+    m.set(30, 40, 2);
+    expect(m.get(15)).toBe(1);
+    expect(m.get(19)).toBe(1);
+    expect(m.get(20)).toBe(0); // the gap [20, 30)
+    expect(m.get(29)).toBe(0);
+    m.set(25, 26, 3); // inside the remembered gap
+    expect(m.get(25)).toBe(3);
+    expect(m.get(24)).toBe(0);
+    m.set(10, 20, 0); // clears the range get remembered
+    expect(m.get(12)).toBe(0);
+    expect(m.get(2 ** 53 - 1)).toBe(0);
+    m.set(2 ** 53 - 2, 2 ** 53, 5);
+    expect(m.get(2 ** 53 - 1)).toBe(5);
+    expect(m.get(0)).toBe(0);
+    m.clear();
+    expect(m.get(35)).toBe(0);
+    expect(m.get(2 ** 53 - 1)).toBe(0);
+  });
+
   it('isUniform', () => {
     const table: [number, number, number, boolean][] = [
       [0, 10, 1, true],
@@ -565,9 +587,14 @@ function runAgainstModel(ops: readonly Op[], order: number, base: number, size: 
       const err = m.check();
       expect(err).toBeNull();
       expect(rangesOf(m)).toEqual(ref.runs(base, base + size, false));
+      // get remembers the range or gap of its last answer: it must forget it on every change.
+      for (const x of [s - 1, s, e - 1, e]) {
+        if (x >= base && x < base + size) expect(m.get(x), `get(${x})`).toBe(ref.get(x));
+      }
     } else {
       const runs = ref.runs(s, e, false);
       expect(m.isUniform(s, e, op.v)).toBe(ref.runs(s, e, true).every(([, , v]) => v === op.v));
+      expect(m.isConstant(s, e), `isConstant(${s}, ${e})`).toBe(ref.runs(s, e, true).length === 1);
       expect(collect((cb) => m.forEachRange(s, e, cb))).toEqual(runs);
       expect(collect((cb) => m.forEachSegment(s, e, cb))).toEqual(ref.runs(s, e, true));
       const first = m.firstIntersecting(s, e);

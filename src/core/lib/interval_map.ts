@@ -759,6 +759,10 @@ function checkRange(start: number, end: number, what: string): void {
  */
 export class IntervalMap {
   private readonly tree: RangeBTree;
+  /** The stored range or gap [hitStart, hitEnd) the last `get` fell in, and its value. */
+  private hitStart = 0;
+  private hitEnd = 0;
+  private hitVal = 0;
 
   /** @param order B+tree node order (a power of two in [4, 1024]); the default suits production, tests use small ones. */
   constructor(order = RANGE_BTREE_DEFAULT_ORDER) {
@@ -770,11 +774,34 @@ export class IntervalMap {
     return this.tree.size;
   }
 
-  /** Value at `point` (0 if no range covers it). O(log n), no allocation. */
+  /**
+   * Value at `point` (0 if no range covers it). O(log n), no allocation; O(1) when `point` falls
+   * in the same stored range (or gap between ranges) as the previous `get` — what a fault path
+   * walking a range page by page does.
+   */
   get(point: number): number {
+    if (point >= this.hitStart && point < this.hitEnd) return this.hitVal;
     const t = this.tree;
     const c = t.floorEntry(point);
-    return c !== -1 && point < (t.ends[c] as number) ? (t.vals[c] as number) : 0;
+    if (c !== -1 && point < (t.ends[c] as number)) {
+      this.hitStart = t.keys[c] as number;
+      this.hitEnd = t.ends[c] as number;
+      this.hitVal = t.vals[c] as number;
+      return this.hitVal;
+    }
+    // In the gap between the range c (if any) and the next one.
+    const n = c === -1 ? t.firstEntry() : t.nextEntry(c);
+    this.hitStart = c === -1 ? 0 : (t.ends[c] as number);
+    this.hitEnd = n === -1 ? RANGE_LIMIT : (t.keys[n] as number);
+    this.hitVal = 0;
+    return 0;
+  }
+
+  /** Forgets the range `get` remembered (every change to the tree calls this first). */
+  private forgetHit(): void {
+    this.hitStart = 0;
+    this.hitEnd = 0;
+    this.hitVal = 0;
   }
 
   /**
@@ -807,6 +834,7 @@ export class IntervalMap {
       return false;
     }
 
+    this.forgetHit();
     // The inner ranges start in [start, end): e is the first, q the last; r follows them.
     // Found by a lookup, not a walk, so that a set over k ranges reads O(log n) of them here.
     let q = -1;
@@ -882,6 +910,22 @@ export class IntervalMap {
     return c !== -1 && t.vals[c] === value && (t.ends[c] as number) >= end;
   }
 
+  /**
+   * True iff every point of [start, end) has the same value, whichever it is (0 included):
+   * `isUniform(start, end, get(start))` with one descent instead of two. Vacuously true for an
+   * empty range. O(log n), no allocation.
+   */
+  isConstant(start: number, end: number): boolean {
+    if (start >= end) return true;
+    const t = this.tree;
+    const c = t.floorEntry(start);
+    // Inside a stored range: ranges are maximal, so the value holds to `end` only in that range.
+    if (c !== -1 && start < (t.ends[c] as number)) return (t.ends[c] as number) >= end;
+    // In a gap (value 0): constant iff no range starts before `end`.
+    const n = c === -1 ? t.firstEntry() : t.nextEntry(c);
+    return n === -1 || (t.keys[n] as number) >= end;
+  }
+
   /** Calls `cb` for each stored range intersecting [start, end), clipped to it, in order. */
   forEachRange(start: number, end: number, cb: (start: number, end: number, value: number) => void): void {
     if (!(start < end)) return;
@@ -927,6 +971,7 @@ export class IntervalMap {
 
   /** Removes every range. */
   clear(): void {
+    this.forgetHit();
     this.tree.clear();
   }
 

@@ -91,4 +91,76 @@ describe('page cache radix tree', () => {
       { numRuns: 200 },
     );
   });
+  it('removeRange drops what take accepts in one walk, keeps what it refuses, frees emptied nodes', () => {
+    const c = new PageCache();
+    for (let i = 0; i < 5000; i++) c.store(I(i), P(i + 10));
+    c.store(I(2 ** 40), P(7));
+    const seen: number[] = [];
+    // Keep every 1000th page: those stay, with their nodes.
+    const n = c.removeRange(100, 4900, (i, p) => {
+      expect(p).toBe(i + 10);
+      seen.push(i);
+      return i % 1000 !== 0;
+    });
+    expect(seen.length).toBe(4800);
+    expect(seen[0]).toBe(100);
+    expect(seen[seen.length - 1]).toBe(4899);
+    expect(n).toBe(4800 - 4);
+    expect(c.nrpages).toBe(5001 - n);
+    for (const i of [99, 1000, 2000, 3000, 4000, 4900, 4999]) expect(c.lookup(I(i))).toBe(i + 10);
+    for (const i of [100, 999, 1001, 4899]) expect(c.lookup(I(i))).toBe(-1);
+    expect(c.lookup(I(2 ** 40))).toBe(7);
+    c.checkInvariants();
+    expect(c.removeRange(0, Number.MAX_SAFE_INTEGER, () => true)).toBe(5001 - n);
+    expect(c.nrpages).toBe(0);
+    expect(c.metadataBytes()).toBe(0);
+    // Still usable, and lookups next to a freed leaf miss.
+    expect(c.lookup(I(101))).toBe(-1);
+    expect(c.store(I(101), P(1))).toBe(-1);
+    expect(c.lookup(I(101))).toBe(1);
+    c.checkInvariants();
+  });
+
+  it('property: lookups right after stores, erases and range removals see the current state', () => {
+    // Small indices share leaves, so the remembered leaf is hit, and freed, often.
+    const idx = fc.oneof(fc.nat({ max: 300 }), fc.nat({ max: 70_000 }));
+    const op = fc.oneof(
+      fc.record({ k: fc.constant('store' as const), i: idx, p: fc.nat({ max: 1e6 }) }),
+      fc.record({ k: fc.constant('erase' as const), i: idx, p: fc.constant(0) }),
+      fc.record({ k: fc.constant('lookup' as const), i: idx, p: fc.constant(0) }),
+      fc.record({ k: fc.constant('remove' as const), i: idx, p: fc.nat({ max: 400 }) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 300 }), (ops) => {
+        const c = new PageCache();
+        const ref = new Map<number, number>();
+        for (const { k, i, p } of ops) {
+          if (k === 'store') {
+            expect(c.store(I(i), P(p))).toBe(ref.get(i) ?? -1);
+            ref.set(i, p);
+          } else if (k === 'erase') {
+            expect(c.erase(I(i))).toBe(ref.get(i) ?? -1);
+            ref.delete(i);
+          } else if (k === 'remove') {
+            // Remove [i, i + p) except odd pfns.
+            let want = 0;
+            for (const [j, q] of [...ref]) {
+              if (j >= i && j < i + p && q % 2 === 0) {
+                ref.delete(j);
+                want++;
+              }
+            }
+            expect(c.removeRange(i, i + p, (_j, q) => q % 2 === 0)).toBe(want);
+          }
+          expect(c.lookup(I(i))).toBe(ref.get(i) ?? -1);
+          expect(c.lookup(I(i + 1))).toBe(ref.get(i + 1) ?? -1);
+        }
+        expect(c.nrpages).toBe(ref.size);
+        for (const [i, p] of ref) expect(c.lookup(I(i))).toBe(p);
+        c.checkInvariants();
+        if (ref.size === 0) expect(c.metadataBytes()).toBe(0);
+      }),
+      { numRuns: 200 },
+    );
+  });
 });

@@ -29,6 +29,9 @@ const MASK = FANOUT - 1;
 /** 64^k for k = 0..9. */
 const POW = Array.from({ length: 10 }, (_, k) => FANOUT ** k);
 
+/** leafBase while no leaf is remembered: index - NO_LEAF is never below FANOUT. */
+const NO_LEAF = -(2 ** 60);
+
 function digit(index: number, level: number): number {
   // level 0 is the leaf level; bit operations are exact below 2^30, where digits of level ≥ 5
   // are 0 (and JS shift counts wrap at 32, so they must not be computed with >>>).
@@ -42,6 +45,15 @@ export class PageCache {
   private freeNodes: number[] = [];
   private root = -1;
   private height = 0;
+  /**
+   * The leaf node the last lookup or store reached and the index of its slot 0: pages next to
+   * the last one (a sequential fault or fallocate) skip the walk from the root. Forgotten when
+   * that node is freed.
+   */
+  private leafNode = -1;
+  private leafBase = NO_LEAF;
+  /** erase's path buffer: one pool slot per level above the leaves (heights stay ≤ 10). */
+  private readonly path = new Int32Array(12);
   /** Number of cached pages (nrpages). */
   nrpages = 0;
 
@@ -49,7 +61,10 @@ export class PageCache {
     const n = this.freeNodes.pop();
     if (n !== undefined) return n;
     if ((this.nodeCount + 1) * NODE > this.pool.length) {
-      const bigger = new Int32Array(this.pool.length * 2);
+      // Grow by 1/8 (at least 64 nodes), not 2×: the slack stays under 12.5 % of the tree (the
+      // metadata budget per resident page counts capacity); the copying stays amortised O(1).
+      const nodes = this.pool.length / NODE;
+      const bigger = new Int32Array((nodes + Math.max(nodes >>> 3, 64)) * NODE);
       bigger.set(this.pool);
       this.pool = bigger;
     }
@@ -59,10 +74,16 @@ export class PageCache {
   private freeNode(n: number): void {
     this.pool.fill(0, n * NODE, n * NODE + NODE);
     this.freeNodes.push(n);
+    if (n === this.leafNode) {
+      this.leafNode = -1;
+      this.leafBase = NO_LEAF;
+    }
   }
 
   /** The pfn cached at index, or -1. */
   lookup(index: PgOff): Pfn | -1 {
+    const d = index - this.leafBase;
+    if (d >= 0 && d < FANOUT) return ((this.pool[this.leafNode * NODE + 1 + d] as number) - 1) as Pfn | -1;
     let h = this.height;
     if (h === 0 || index >= (POW[h] as number)) return -1;
     const pool = this.pool;
@@ -73,13 +94,17 @@ export class PageCache {
       if (e === 0) return -1;
       node = e - 1;
     }
-    const e = pool[node * NODE + 1 + digit(index, 0)] as number;
-    return (e - 1) as Pfn | -1;
+    const i = digit(index, 0);
+    this.leafNode = node;
+    this.leafBase = index - i;
+    return ((pool[node * NODE + 1 + i] as number) - 1) as Pfn | -1;
   }
 
   /** Stores pfn at index. Returns the pfn that was there, or -1. */
   store(index: PgOff, pfn: Pfn): Pfn | -1 {
     if (!Number.isSafeInteger(index) || index < 0) throw new RangeError(`page index ${index}`);
+    const d = index - this.leafBase;
+    if (d >= 0 && d < FANOUT) return this.storeInLeaf(this.leafNode, this.leafNode * NODE + 1 + d, pfn);
     if (this.root < 0) {
       this.root = this.allocNode();
       this.height = 1;
@@ -110,7 +135,14 @@ export class PageCache {
       }
       node = e - 1;
     }
-    const slot = node * NODE + 1 + digit(index, 0);
+    const i = digit(index, 0);
+    this.leafNode = node;
+    this.leafBase = index - i;
+    return this.storeInLeaf(node, node * NODE + 1 + i, pfn);
+  }
+
+  /** store's last step: pfn into pool slot `slot` of leaf `node`. */
+  private storeInLeaf(node: number, slot: number, pfn: Pfn): Pfn | -1 {
     const old = (this.pool[slot] as number) - 1;
     this.pool[slot] = pfn + 1;
     if (old < 0) {
@@ -123,13 +155,15 @@ export class PageCache {
   /** Removes index. Returns the pfn that was there, or -1. Frees nodes that become empty. */
   erase(index: PgOff): Pfn | -1 {
     if (this.height === 0 || index >= (POW[this.height] as number)) return -1;
-    const path: number[] = [];
+    // The pool slots on the way down, in a reused buffer (no array per call).
+    const path = this.path;
+    let depth = 0;
     let node = this.root;
     for (let h = this.height - 1; h > 0; h--) {
       const slot = node * NODE + 1 + digit(index, h);
       const e = this.pool[slot] as number;
       if (e === 0) return -1;
-      path.push(slot);
+      path[depth++] = slot;
       node = e - 1;
     }
     const slot = node * NODE + 1 + digit(index, 0);
@@ -142,19 +176,72 @@ export class PageCache {
     let count = (this.pool[child * NODE] as number) - 1;
     this.pool[child * NODE] = count;
     while (count === 0) {
-      const parentSlot = path.pop();
       this.freeNode(child);
-      if (parentSlot === undefined) {
+      if (depth === 0) {
         this.root = -1;
         this.height = 0;
         break;
       }
+      const parentSlot = path[--depth] as number;
       this.pool[parentSlot] = 0;
       child = Math.floor((parentSlot - 1) / NODE);
       count = (this.pool[child * NODE] as number) - 1;
       this.pool[child * NODE] = count;
     }
     return old as Pfn;
+  }
+
+  /**
+   * Removes the cached pages of [start, end) that `take(index, pfn)` accepts, in index order, in
+   * one walk: nodes that empty are freed, pages `take` refuses stay. `take` must not modify the
+   * cache (it may do anything else, e.g. drop the page's reference). Truncation's bulk path: no
+   * per-page walk from the root, no per-page allocation. Returns the number of pages removed.
+   */
+  removeRange(start: number, end: number, take: (index: PgOff, pfn: Pfn) => boolean): number {
+    if (this.root < 0 || !(start < end)) return 0;
+    const before = this.nrpages;
+    const left = this.removeWalk(this.root, this.height - 1, 0, start, end, take);
+    if (left === 0) {
+      this.freeNode(this.root);
+      this.root = -1;
+      this.height = 0;
+    }
+    return before - this.nrpages;
+  }
+
+  /** removeRange below `node` (at `level`, first index `base`); returns the node's new count. */
+  private removeWalk(
+    node: number,
+    level: number,
+    base: number,
+    start: number,
+    end: number,
+    take: (index: PgOff, pfn: Pfn) => boolean,
+  ): number {
+    const span = POW[level] as number;
+    const first = start > base ? Math.floor((start - base) / span) : 0;
+    const head = node * NODE;
+    let count = this.pool[head] as number;
+    for (let i = first; i < FANOUT && count > 0; i++) {
+      const lo = base + i * span;
+      if (lo >= end) break;
+      const at = head + 1 + i;
+      // Re-read the pool each time: `take` cannot grow it, but a nested walk may free nodes.
+      const e = this.pool[at] as number;
+      if (e === 0) continue;
+      if (level === 0) {
+        if (!take(lo as PgOff, (e - 1) as Pfn)) continue;
+        this.pool[at] = 0;
+        this.nrpages--;
+        count--;
+      } else if (this.removeWalk(e - 1, level - 1, lo, start, end, take) === 0) {
+        this.freeNode(e - 1);
+        this.pool[at] = 0;
+        count--;
+      }
+    }
+    this.pool[head] = count;
+    return count;
   }
 
   /**

@@ -20,6 +20,7 @@
  */
 
 import { fail } from '../errno.js';
+import { tpMemfileNotifierFallocate, tpMemfileNotifierInvalidate } from '../tracepoints.js';
 import type { PgOff } from '../units.js';
 import type { Inode } from './file.js';
 
@@ -87,12 +88,16 @@ export class MemfileNotifierList {
   /** memfile_notifier_invalidate(): pages [start, end) are about to be freed. */
   invalidate(start: PgOff, end: PgOff): void {
     this.stats.invalidates++;
+    if (tpMemfileNotifierInvalidate.enabled)
+      tpMemfileNotifierInvalidate.emit({ start, end, consumers: this.entries.length });
     this.deliver((n) => n.invalidate?.(start, end));
   }
 
   /** memfile_notifier_fallocate(): pages [start, end) were allocated. */
   fallocate(start: PgOff, end: PgOff): void {
     this.stats.fallocates++;
+    if (tpMemfileNotifierFallocate.enabled)
+      tpMemfileNotifierFallocate.emit({ start, end, consumers: this.entries.length });
     this.deliver((n) => n.fallocate?.(start, end));
   }
 

@@ -12,6 +12,7 @@
  */
 
 import { kvmWarn } from '../errno.js';
+import { tpMmuNotifierInvalidateRangeEnd, tpMmuNotifierInvalidateRangeStart } from '../tracepoints.js';
 
 /** Why a range is being invalidated (enum mmu_notifier_event), for traces. */
 export type MmuNotifierEvent =
@@ -77,12 +78,16 @@ export class MmuNotifierList {
     const subs = this.subs;
     this.inProgress++;
     this.stats.starts++;
+    if (tpMmuNotifierInvalidateRangeStart.enabled)
+      tpMmuNotifierInvalidateRangeStart.emit({ start, end, event });
     for (const s of subs) if (s.live) s.ops.invalidateRangeStart(range);
     try {
       work();
     } finally {
       for (const s of subs) if (s.live) s.ops.invalidateRangeEnd(range);
       this.stats.ends++;
+      if (tpMmuNotifierInvalidateRangeEnd.enabled)
+        tpMmuNotifierInvalidateRangeEnd.emit({ start, end, event });
       this.inProgress--;
       if (this.inProgress < 0) kvmWarn('mmu notifier brackets unbalanced');
     }

@@ -12,7 +12,7 @@ describe('page allocator', () => {
     expect(isPfn(p) && isPfn(q)).toBe(true);
     expect(p).not.toBe(q);
     expect(a.refcount[p]).toBe(1);
-    expect(a.owner[p]).toBe(7);
+    expect(a.ownerOf(p as Pfn)).toBe(7);
     a.get(p as Pfn);
     a.put(p as Pfn);
     expect(a.stats.allocated).toBe(2);
@@ -137,10 +137,66 @@ describe('page allocator', () => {
     );
   });
 
-  it('keeps 7 bytes of metadata per frame', () => {
+  it('keeps 5 bytes of metadata per frame', () => {
     const a = new PageAllocator();
     for (let i = 0; i < SECTION_FRAMES; i++) a.alloc(1);
-    expect(a.metadataBytes() / a.refcount.length).toBe(7);
+    expect(a.frameMetadataBytes() / a.refcount.length).toBe(5);
+  });
+
+  it('grows its per-frame arrays by 1/8, not to the next power of two', () => {
+    const a = new PageAllocator();
+    const frames = 262144 + 3 * SECTION_FRAMES; // 1 GiB and a little: doubling would reserve 2^19
+    for (let i = 0; i < frames; i++) a.alloc(1);
+    expect(a.refcount.length).toBeGreaterThanOrEqual(a.frameCount);
+    expect(a.refcount.length).toBeLessThanOrEqual(Math.ceil(a.frameCount * 1.125) + 16 * SECTION_FRAMES);
+    // Everything the allocator holds, free stack and section arrays included, per frame in use.
+    expect(a.metadataBytes() / frames).toBeLessThan(5 * 1.125 + 0.5);
+  });
+
+  it('tracks owners through alloc, free and reuse of frames and owner ids', () => {
+    const a = new PageAllocator();
+    const p = a.alloc(41) as Pfn;
+    const q = a.alloc(42) as Pfn;
+    const r = a.alloc(41) as Pfn;
+    expect([a.ownerOf(p), a.ownerOf(q), a.ownerOf(r)]).toEqual([41, 42, 41]);
+    a.put(p);
+    expect(a.ownerOf(p)).toBe(0);
+    expect(a.framesByOwner()).toEqual(
+      new Map([
+        [41, 1],
+        [42, 1],
+      ]),
+    );
+    a.put(r); // owner 41 holds nothing now: its id is recycled
+    expect(a.framesByOwner()).toEqual(new Map([[42, 1]]));
+    const s = a.alloc(43) as Pfn;
+    const t = a.alloc(41) as Pfn;
+    expect([a.ownerOf(q), a.ownerOf(s), a.ownerOf(t)]).toEqual([42, 43, 41]);
+    expect(a.framesByOwner()).toEqual(
+      new Map([
+        [42, 1],
+        [43, 1],
+        [41, 1],
+      ]),
+    );
+    const h = a.allocHuge(9, OWNER_ANON) as Pfn;
+    expect(a.ownerOf((h + 511) as Pfn)).toBe(OWNER_ANON);
+    expect(a.framesByOwner().get(OWNER_ANON)).toBe(512);
+    for (let i = 0; i < 512; i++) a.put((h + i) as Pfn);
+    expect(a.framesByOwner().has(OWNER_ANON)).toBe(false);
+  });
+
+  it('keeps owners apart past 65535 owners holding frames at once', () => {
+    const a = new PageAllocator();
+    const n = 70000;
+    const pfns: Pfn[] = [];
+    for (let o = 1; o <= n; o++) pfns.push(a.alloc(o) as Pfn);
+    for (let o = 1; o <= n; o += 997) expect(a.ownerOf(pfns[o - 1] as Pfn)).toBe(o);
+    expect(a.ownerOf(pfns[n - 1] as Pfn)).toBe(n);
+    expect(a.framesByOwner().size).toBe(n);
+    for (const p of pfns) a.put(p);
+    expect(a.framesByOwner().size).toBe(0);
+    expect(a.stats.allocated).toBe(0);
   });
 
   it('property: allocated count equals live frames under random alloc/put', () => {

@@ -138,24 +138,33 @@ export class ShmemInode implements Inode {
 
   /** Removes [start, end) pages from the page cache and drops the cache's references. */
   private removePages(start: number, end: number): void {
-    const { indices, pfns } = this.mapping.collect(start, end);
-    for (let k = 0; k < indices.length; k++) {
-      const index = indices[k] as number;
-      const pfn = pfns[k] as Pfn;
-      const drop = (): void => {
-        if (this.mapping.lookup(index as PgOff) !== pfn) return; // already gone meanwhile
-        this.mapping.erase(index as PgOff);
-        this.stats.freed++;
-        this.alloc.put(pfn);
-      };
-      if (this.alloc.isLocked(pfn)) {
-        // The kernel's truncation sleeps in folio_lock() here; the model parks the rest of this
-        // page's removal on the lock and finishes it when the holder unlocks.
-        this.stats.parkedOnLock++;
-        this.alloc.waitUnlocked(pfn, drop);
-      } else {
-        drop();
+    const alloc = this.alloc;
+    // One walk of the page cache drops every unlocked page (no closure or array per page);
+    // locked ones stay and are collected.
+    let parked: number[] | null = null;
+    this.stats.freed += this.mapping.removeRange(start, end, (index, pfn) => {
+      if (alloc.isLocked(pfn)) {
+        parked ??= [];
+        parked.push(index, pfn);
+        return false;
       }
+      alloc.put(pfn);
+      return true;
+    });
+    if (parked === null) return;
+    const list: number[] = parked;
+    for (let k = 0; k < list.length; k += 2) {
+      const index = list[k] as PgOff;
+      const pfn = list[k + 1] as Pfn;
+      // The kernel's truncation sleeps in folio_lock() here; the model parks the rest of this
+      // page's removal on the lock and finishes it when the holder unlocks.
+      this.stats.parkedOnLock++;
+      alloc.waitUnlocked(pfn, () => {
+        if (this.mapping.lookup(index) !== pfn) return; // already gone meanwhile
+        this.mapping.erase(index);
+        this.stats.freed++;
+        alloc.put(pfn);
+      });
     }
   }
 

@@ -20,7 +20,7 @@
 
 import { ERRNO } from '../errno.js';
 import type { KvmVm } from '../kvm/kvm_main.js';
-import type { KvmMemorySlot } from '../kvm/memslot.js';
+import type { KvmMemorySlot, KvmMemslots } from '../kvm/memslot.js';
 import { VM_FAULT_HWPOISON } from '../mm/mmap.js';
 import type { Pfn } from '../units.js';
 import { SPTE_ACCESSED, SPTE_DIRTY, SPTE_HOST_WRITABLE, SPTE_PRESENT, SPTE_WRITABLE } from './spte.js';
@@ -151,7 +151,7 @@ function fastPageFault(vm: KvmVm, mmu: TdpMmu, fault: KvmPageFault): boolean {
 export function kvmTdpPageFault(
   vm: KvmVm,
   fault: KvmPageFault,
-  lookup: (gfn: number, asId: number) => KvmMemorySlot | null = (g, as) => vm.gfnToMemslot(g, as),
+  lookup: ((gfn: number, asId: number) => KvmMemorySlot | null) | null = null,
 ): number {
   vm.stats.faults++;
   const mmu = vm.mmu[fault.asId] as TdpMmu;
@@ -164,12 +164,16 @@ export function kvmTdpPageFault(
   fault.isPrivate = vm.hasPrivateMem && vm.isPrivateGfn(fault.gfn);
   // Row 1: snapshot mmu_invalidate_seq before anything is resolved (INV-5).
   fault.mmuSeq = vm.mmuInvalidateSeq;
-  hook?.('snapshot', fault);
-  // Row 2: the attribute changed under the fault (an attribute change raced with it).
-  if (vm.hasPrivateMem && fault.isPrivate !== vm.isPrivateGfn(fault.gfn)) {
-    return memoryFault(fault, ERRNO.EFAULT, '2');
+  // Row 2: the attribute changed under the fault (an attribute change raced with it). Only
+  // something run from the phase hook can change it between the two reads (the model is
+  // single-threaded), so without a hook the second read is skipped: it would equal the first.
+  if (hook !== null) {
+    hook('snapshot', fault);
+    if (vm.hasPrivateMem && fault.isPrivate !== vm.isPrivateGfn(fault.gfn)) {
+      return memoryFault(fault, ERRNO.EFAULT, '2');
+    }
   }
-  const slot = lookup(fault.gfn, fault.asId);
+  const slot = lookup === null ? vm.gfnToMemslot(fault.gfn, fault.asId) : lookup(fault.gfn, fault.asId);
   fault.slot = slot;
   if (!slot) {
     if (fault.isPrivate) return memoryFault(fault, ERRNO.EFAULT, '3'); // row 3
@@ -182,6 +186,10 @@ export function kvmTdpPageFault(
     vm.stats.faultRetries++;
     return RET_PF_RETRY; // row 5
   }
+  // The memslot generation the slot was found under: every memslot change bumps it (MR-25),
+  // including the publication of an INVALID slot, so row 10 can tell whether to look again.
+  const slots = vm.memslots[fault.asId] as KvmMemslots;
+  const slotsGen = slots.generation;
   if (vm.invalidateRetryGfn(fault.mmuSeq, fault.gfn)) {
     fault.row = '6';
     vm.stats.faultRetries++;
@@ -253,8 +261,9 @@ export function kvmTdpPageFault(
   }
   // The slot may have been deleted or moved in the window; the kernel's SRCU read side keeps the
   // old slot alive, but its INVALID publication bumped no seq, so check it here like
-  // kvm_faultin_pfn's memslot generation check does.
-  if (vm.gfnToMemslot(fault.gfn, fault.asId) !== slot || slot.invalid) {
+  // kvm_faultin_pfn's memslot generation check does. An unchanged generation means no memslot
+  // changed since the slot was found: the lookup would return it again, still valid.
+  if (slots.generation !== slotsGen && (vm.gfnToMemslot(fault.gfn, fault.asId) !== slot || slot.invalid)) {
     releasePfn(vm, fault);
     fault.row = '10';
     vm.stats.faultRetries++;
@@ -281,8 +290,7 @@ function install(vm: KvmVm, mmu: TdpMmu, slot: KvmMemorySlot, fault: KvmPageFaul
     }
   }
   fault.goalLevel = level;
-  const pages = level === 1 ? 1 : level === 2 ? 512 : 262144;
-  const off = fault.gfn % pages;
+  const off = level === 1 ? 0 : fault.gfn % (level === 2 ? 512 : 262144);
   let flags = SPTE_PRESENT | SPTE_ACCESSED;
   if (fault.mapWritable) flags |= SPTE_HOST_WRITABLE;
   // make_spte: the mapping is writable whenever the host allows it, even for a read fault, and a

@@ -124,6 +124,25 @@ function entrySpan(level: number): number {
 /** Index of gfn's entry in a level-`level` table. */
 const indexAt = (gfn: number, level: number): number => Math.floor(gfn / entrySpan(level)) % ENT;
 
+/**
+ * Index of a gfn's entry in a level-`level` table from its split gfn = hi · 2^27 + lo (see the
+ * file comment): levels 1..3 read 9 bits of lo, levels 4 and 5 of hi. Same as `indexAt`.
+ */
+function splitIndex(hi: number, lo: number, level: number): number {
+  switch (level) {
+    case 1:
+      return lo & 511;
+    case 2:
+      return (lo >>> 9) & 511;
+    case 3:
+      return lo >>> 18;
+    case 4:
+      return hi & 511;
+    default:
+      return hi >>> 9;
+  }
+}
+
 /** Mutating calls while a callback of a walk runs would free tables under the walk. */
 const REENTRY = 'TdpMmu: the tables may not be modified from an onZap/forEachLeaf callback';
 
@@ -288,7 +307,9 @@ export class TdpMmu {
     if ((flags & WRITABLE) !== 0 && (flags & HOST_WRITABLE) === 0) {
       bad(`TdpMmu.map: gfn 0x${gfn.toString(16)} would be WRITABLE without HOST_WRITABLE`);
     }
-    const base = gfn - (gfn % span);
+    // A 4 KiB leaf's block is gfn itself: no `%` (a floating-point remainder once gfn is not
+    // known to be a small integer, which a fault's Math.floor(gpa / 4096) is not).
+    const base = level === 1 ? gfn : gfn - (gfn % span);
     const leafFlags = (flags & LEAF_FLAGS_MASK) | PRESENT | (level > 1 ? LARGE : 0);
     this.walking = onZap !== undefined;
     try {
@@ -486,9 +507,12 @@ export class TdpMmu {
    */
   private descend(gfn: number, level: number, onZap: ZapCallback | undefined): number {
     if (this.root === ZERO_TABLE) this.root = this.allocTable(this.rootLevel);
+    // The indices come from the hi/lo split with shifts, as in `lookup` (map runs once per fault).
+    const hi = Math.floor(gfn / LO_SPAN);
+    const lo = gfn - hi * LO_SPAN;
     let t = this.root;
     for (let l = this.rootLevel; l > level; l--) {
-      const e = (t << 9) | indexAt(gfn, l);
+      const e = (t << 9) | splitIndex(hi, lo, l);
       const f = this.flags[e] ?? 0;
       if (f !== 0 && (f & LARGE) === 0) {
         t = this.slot[e] ?? 0;
@@ -502,7 +526,7 @@ export class TdpMmu {
       this.setEntry(t, e, child, PRESENT);
       t = child;
     }
-    return (t << 9) | indexAt(gfn, level);
+    return (t << 9) | splitIndex(hi, lo, level);
   }
 
   /** Empty the non-empty entry e (of table t, at `level`, first gfn `base`) before an install. */

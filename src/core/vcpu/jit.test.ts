@@ -77,10 +77,77 @@ const walkLoop: fc.Arbitrary<Op[]> = fc
         },
       ] as Op[],
   );
-const programArb: fc.Arbitrary<Program> = fc
-  .array(fc.oneof({ weight: 4, arbitrary: simpleOp.map((o) => [o]) }, { weight: 1, arbitrary: walkLoop }), {
-    maxLength: 12,
+/**
+ * A loop whose body is an access group (jit.ts): several loads and stores through one base
+ * register at different displacements, ALU instructions on other registers in between, and
+ * sometimes a load into the base itself — spans that fit a page, cross one, or reach the MMIO
+ * hole above RAM.
+ */
+const groupMember: fc.Arbitrary<Op> = fc.oneof(
+  fc.record({
+    op: fc.constant('load' as const),
+    size,
+    dst: fc.constantFrom('r8', 'r11', 'r12') as fc.Arbitrary<Reg>,
+    addr: fc.integer({ min: 0, max: 4200 }).map((disp) => ({ base: 'r9' as const, disp })),
+  }),
+  fc.record({
+    op: fc.constant('store' as const),
+    size,
+    addr: fc.integer({ min: 0, max: 4200 }).map((disp) => ({ base: 'r9' as const, disp })),
+    src: fc.constantFrom('r8', 'r11', 'r12') as fc.Arbitrary<Reg>,
+  }),
+  fc.record({
+    op: fc.constant('storeImm' as const),
+    size,
+    addr: fc.integer({ min: 0, max: 64 }).map((disp) => ({ base: 'r9' as const, disp })),
+    imm: fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }),
+  }),
+  fc.record({
+    op: fc.constant('add' as const),
+    dst: fc.constantFrom('r11', 'r12') as fc.Arbitrary<Reg>,
+    imm: fc.integer({ min: -9, max: 9 }),
+  }),
+  fc.record({
+    op: fc.constant('addReg' as const),
+    dst: fc.constant('r8' as Reg),
+    src: fc.constant('r11' as Reg),
+  }),
+);
+const groupLoop: fc.Arbitrary<Op[]> = fc
+  .record({
+    base: fc.oneof(fc.integer({ min: 0x10000, max: 0x2e000 }), fc.constantFrom(0x10fc0, 0x7ff000, 0x800000)),
+    stride: fc.constantFrom(8, 64, 4096, -8),
+    n: fc.integer({ min: 1, max: 200 }),
+    body: fc.array(groupMember, { minLength: 2, maxLength: 8 }),
+    /** Where a 1-byte load into the base goes (-1: none); the accesses after it use the new base. */
+    intoBase: fc.integer({ min: -1, max: 8 }),
   })
+  .map(({ base, stride, n, body, intoBase }) => {
+    const ops: Op[] = [...body];
+    if (intoBase >= 0) {
+      ops.splice(Math.min(intoBase, ops.length), 0, {
+        op: 'load',
+        size: 1,
+        dst: 'r9',
+        addr: { base: 'r9', disp: 0 },
+      });
+    }
+    // A base loaded from memory is small: keep it from going below 0 (a gpa past MAXPHYADDR).
+    const step = intoBase >= 0 ? Math.abs(stride) : stride;
+    return [
+      { op: 'mov', dst: 'r9', imm: BigInt(base) },
+      { op: 'loop', counter: 'r10', count: n, body: [...ops, { op: 'add', dst: 'r9', imm: step }] },
+    ] as Op[];
+  });
+const programArb: fc.Arbitrary<Program> = fc
+  .array(
+    fc.oneof(
+      { weight: 4, arbitrary: simpleOp.map((o) => [o]) },
+      { weight: 1, arbitrary: walkLoop },
+      { weight: 1, arbitrary: groupLoop },
+    ),
+    { maxLength: 12 },
+  )
   .map((chunks) => ({ ops: [...chunks.flat(), { op: 'halt' as const }] }));
 
 interface Trace {

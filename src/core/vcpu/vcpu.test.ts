@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { expectErrno, expectNoLeaks, MiB, PAGE } from '../../../test/helpers.js';
 import { memfdMapping, region, vcpuWith, vmWithRam } from '../../../test/kvm_helpers.js';
@@ -81,6 +82,54 @@ describe('guest programs', () => {
     v.run();
     expect([...t.host.readMemory(t.ramHva + 0x10000, 12)]).toEqual([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3]);
     v.close();
+  });
+
+  it('fill and copy over runs of pages match byte-at-a-time rep stosb / rep movsb', () => {
+    // Page runs (vcpu.ts extendRun): some pages mapped beforehand, some faulted in mid-run, and
+    // overlapping copies in both directions; the reference is a byte loop over a plain array.
+    const WIN = 0x10000;
+    const BYTES = 16 * PAGE;
+    const op = fc.record({
+      copy: fc.boolean(),
+      dst: fc.nat({ max: BYTES - 1 }),
+      src: fc.nat({ max: BYTES - 1 }),
+      len: fc.nat({ max: 3 * PAGE + 17 }),
+      byte: fc.nat({ max: 255 }),
+    });
+    fc.assert(
+      fc.property(
+        fc.array(op, { minLength: 1, maxLength: 6 }),
+        fc.array(fc.boolean(), { minLength: 16, maxLength: 16 }),
+        (ops, touched) => {
+          const t = vmWithRam(0, MiB);
+          const init = new Uint8Array(BYTES).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
+          t.host.writeMemory(t.ramHva + WIN, init);
+          const ref = init.slice();
+          const steps = ops.map((o) => ({ ...o, len: Math.min(o.len, BYTES - o.dst, BYTES - o.src) }));
+          const v = vcpuWith(
+            t,
+            program((b) => {
+              touched.forEach((on, p) => {
+                if (on) b.load(1, 'r8', WIN + p * PAGE);
+              });
+              for (const o of steps) {
+                if (o.copy) b.copy(WIN + o.dst, WIN + o.src, o.len);
+                else b.fill(WIN + o.dst, o.len, o.byte);
+              }
+              b.halt();
+            }),
+          );
+          for (const o of steps) {
+            for (let i = 0; i < o.len; i++) ref[o.dst + i] = o.copy ? (ref[o.src + i] as number) : o.byte;
+          }
+          expect(v.run().exitReasonName).toBe('KVM_EXIT_HLT');
+          expect([...t.host.readMemory(t.ramHva + WIN, BYTES)]).toEqual([...ref]);
+          v.close();
+          expectNoLeaks();
+        },
+      ),
+      { numRuns: 60 },
+    );
   });
 
   it('getRegs/setRegs round trip; rip follows the program', () => {

@@ -3,10 +3,12 @@
  * kvm_run record, exits and their completion on re-entry, and the guest itself — a guest program
  * (architecture §5) run by an interpreter whose memory accesses go through the MMU.
  *
- * The guest access path: a direct-mapped software TLB (1024 entries, tagged by gfn and by the TDP
- * MMU's generation, which every zap or write-protect bumps) answers most accesses with one compare
- * and one typed-array access; a miss walks the SPTEs; a missing or insufficient SPTE is a page
- * fault (mmu.ts), after which the access is retried. An access that the fault handler sends to
+ * The guest access path: a direct-mapped software TLB (1024 entries, tagged by gfn; emptied
+ * whenever the TDP MMU's generation, which every zap or write-protect bumps, has moved since it
+ * was filled) answers most accesses with one compare and one typed-array access; a miss walks the
+ * SPTEs and refills the entry (the JIT does this without leaving compiled code, jit.ts); a missing
+ * or insufficient SPTE is a page fault (mmu.ts), after which the access is retried. Bulk
+ * accesses (rep stosb / rep movsb) go a run of contiguous frames at a time. An access that the fault handler sends to
  * emulation — no memslot (RO-2) or a write to a READONLY slot (RO-1) — exits to userspace as
  * KVM_EXIT_MMIO, split at page boundaries into fragments of their own (RO-2).
  *
@@ -36,8 +38,9 @@ import {
   RET_PF_FIXED,
   RET_PF_RETRY,
 } from '../mmu/mmu.js';
-import { SPTE_MMIO, SPTE_WRITABLE } from '../mmu/spte.js';
+import { SPTE_MMIO, SPTE_PRESENT, SPTE_WRITABLE } from '../mmu/spte.js';
 import type { TdpMmu } from '../mmu/tdp_mmu.js';
+import { hypercallArgs, pageFaultArgs, tpKvmHypercall, tpKvmPageFault } from '../tracepoints.js';
 import {
   EXIT_REASON_NAMES,
   KVM_EINVAL,
@@ -87,6 +90,9 @@ const PAGE = 4096;
 const TLB_SIZE = 1024;
 const TLB_MASK = TLB_SIZE - 1;
 const TWO32 = 4294967296;
+/** What an empty TLB entry points at (no frame). */
+const NO_DATA = new Uint8Array(0);
+const NO_VIEW = new DataView(NO_DATA.buffer);
 /** Consecutive RET_PF_RETRYs of one access before the model calls it a livelock. */
 const MAX_RETRIES = 10_000;
 
@@ -166,15 +172,26 @@ export class KvmVcpu implements VcpuApi {
   /** The pending kick: the next KVM_RUN returns EINTR right away (like a signal). */
   private kicked = false;
 
-  // Software TLB
-  readonly tlbGfn = new Float64Array(TLB_SIZE).fill(-1);
-  readonly tlbGen = new Int32Array(TLB_SIZE).fill(-1);
-  readonly tlbWritable = new Uint8Array(TLB_SIZE);
+  // Software TLB (read by the JIT, jit.ts). Entry t = gfn & TLB_MASK holds gfn in `tlbRead[t]`,
+  // and in `tlbWrite[t]` too when the SPTE is writable; NaN is empty (it equals no gfn). Every
+  // entry was filled under the TDP MMU generation `tlbEpoch`: whoever consults the TLB first
+  // calls `syncTlb`, which empties it when the generation moved (a zap, a write-protect for
+  // dirty logging, an attribute change), so a tag compare alone decides a hit.
+  readonly tlbRead = new Float64Array(TLB_SIZE).fill(Number.NaN);
+  readonly tlbWrite = new Float64Array(TLB_SIZE).fill(Number.NaN);
+  /** Byte offset of the frame's data in its section buffer (`tlbData[t]`, `tlbView[t]`). */
   readonly tlbOff = new Int32Array(TLB_SIZE);
-  private readonly tlbData: (Uint8Array | null)[] = new Array(TLB_SIZE).fill(null);
-  readonly tlbView: (DataView | null)[] = new Array(TLB_SIZE).fill(null);
-  /** Per-vCPU last-used slot (kvm_vcpu_gfn_to_memslot's cache), tagged with the memslot generation. */
+  private readonly tlbData: Uint8Array[] = new Array<Uint8Array>(TLB_SIZE).fill(NO_DATA);
+  /** Always a DataView (never null), so the JIT's element loads stay monomorphic. */
+  readonly tlbView: DataView[] = new Array<DataView>(TLB_SIZE).fill(NO_VIEW);
+  private tlbEpoch = -1;
+  /**
+   * Per-vCPU last-used slot (kvm_vcpu_gfn_to_memslot's cache), tagged with the memslot
+   * generation, and its range [lastSlotBase, lastSlotEnd) by value so a hit reads no slot.
+   */
   private lastSlot: import('../kvm/memslot.js').KvmMemorySlot | null = null;
+  private lastSlotBase = 0;
+  private lastSlotEnd = 0;
   private lastSlotGen = -1;
   private closed = false;
 
@@ -362,9 +379,7 @@ export class KvmVcpu implements VcpuApi {
   private executeJit(): number {
     if (!this.jitTried) {
       this.jitTried = true;
-      const mmu = this.vm.mmu[0] as TdpMmu;
-      const slots0 = this.vm.memslots[0];
-      this.jitFn = compileJit(this.code, this, mmu, () => slots0?.generation ?? 0);
+      this.jitFn = compileJit(this.code, this);
     }
     const jit = this.jitFn;
     if (!jit) return this.execute(false);
@@ -376,6 +391,8 @@ export class KvmVcpu implements VcpuApi {
         if (s !== OK) return s;
         continue;
       }
+      // Compiled code neither re-checks the generation nor can move it (jit.ts).
+      this.syncTlb(this.vm.mmu[0] as TdpMmu);
       const r = jit();
       if (r === JIT_KICK) return this.kickExit();
       // JIT_STEP: one instruction through the interpreter, then back to compiled code.
@@ -430,30 +447,22 @@ export class KvmVcpu implements VcpuApi {
           const gpa = insn.base < 0 ? insn.disp : this.regVal(insn.base) + insn.disp;
           // The fast path: an aligned-enough access that hits the TLB.
           const gfn = Math.floor(gpa / PAGE);
-          const t = gfn < 2147483648 ? gfn & TLB_MASK : gfn % TLB_SIZE;
+          const t = gfn & TLB_MASK;
           const inPage = gpa - gfn * PAGE;
-          if (this.tlbGfn[t] === gfn && this.tlbGen[t] === mmu.generation && inPage + insn.size <= PAGE) {
-            const dv = this.tlbView[t] as DataView;
-            const off = (this.tlbOff[t] as number) + inPage;
-            const d = insn.dst * 2;
-            switch (insn.size) {
-              case 8:
-                regs[d] = dv.getUint32(off, true);
-                regs[d + 1] = dv.getUint32(off + 4, true);
-                break;
-              case 4:
-                regs[d] = dv.getUint32(off, true);
-                regs[d + 1] = 0;
-                break;
-              case 2:
-                regs[d] = dv.getUint16(off, true);
-                regs[d + 1] = 0;
-                break;
-              default:
-                regs[d] = dv.getUint8(off);
-                regs[d + 1] = 0;
+          if (inPage + insn.size <= PAGE) {
+            this.syncTlb(mmu);
+            if (this.tlbRead[t] === gfn || this.tlbRefill(gfn, false)) {
+              readValue(
+                regs,
+                2 * insn.dst,
+                this.tlbView[t] as DataView,
+                (this.tlbOff[t] as number) + inPage,
+                insn.size,
+              );
+              this.stats.tlbHits++;
+              break;
             }
-            this.stats.tlbHits++;
+            r = this.slowRead(gpa, insn.size, insn.dst, true);
             break;
           }
           r = this.slowRead(gpa, insn.size, insn.dst);
@@ -465,16 +474,16 @@ export class KvmVcpu implements VcpuApi {
           const lo = insn.k === K_STORE ? (regs[2 * insn.src] as number) : insn.immLo;
           const hi = insn.k === K_STORE ? (regs[2 * insn.src + 1] as number) : insn.immHi;
           const gfn = Math.floor(gpa / PAGE);
-          const t = gfn < 2147483648 ? gfn & TLB_MASK : gfn % TLB_SIZE;
+          const t = gfn & TLB_MASK;
           const inPage = gpa - gfn * PAGE;
-          if (
-            this.tlbGfn[t] === gfn &&
-            this.tlbGen[t] === mmu.generation &&
-            this.tlbWritable[t] === 1 &&
-            inPage + insn.size <= PAGE
-          ) {
-            writeValue(this.tlbView[t] as DataView, (this.tlbOff[t] as number) + inPage, insn.size, lo, hi);
-            this.stats.tlbHits++;
+          if (inPage + insn.size <= PAGE) {
+            this.syncTlb(mmu);
+            if (this.tlbWrite[t] === gfn || this.tlbRefill(gfn, true)) {
+              writeValue(this.tlbView[t] as DataView, (this.tlbOff[t] as number) + inPage, insn.size, lo, hi);
+              this.stats.tlbHits++;
+              break;
+            }
+            r = this.slowWrite(gpa, insn.size, lo, hi, true);
             break;
           }
           r = this.slowWrite(gpa, insn.size, lo, hi);
@@ -598,6 +607,7 @@ export class KvmVcpu implements VcpuApi {
     const a0 = arg(0);
     const a1 = arg(1);
     const a2 = arg(2);
+    if (tpKvmHypercall.enabled) tpKvmHypercall.emit(hypercallArgs(this.id, nr, a0, a1, a2));
     const guestRet = (v: bigint): number => {
       this.setRegBig(REG_RAX, v);
       this.setReg(insn.dst, this.regs[0] as number, this.regs[1] as number);
@@ -624,12 +634,40 @@ export class KvmVcpu implements VcpuApi {
 
   // ---- memory access slow paths -------------------------------------------------------------
 
+  /**
+   * Empties the TLB if the TDP MMU's generation moved since it was filled (always true, for use
+   * inside a condition). Called before every consultation of the TLB.
+   */
+  syncTlb(mmu: TdpMmu): true {
+    const g = mmu.generation;
+    if (g !== this.tlbEpoch) {
+      this.tlbRead.fill(Number.NaN);
+      this.tlbWrite.fill(Number.NaN);
+      this.tlbEpoch = g;
+    }
+    return true;
+  }
+
+  /**
+   * The TLB miss path without a fault: fills gfn's entry from a present SPTE, if there is one;
+   * whether the entry then allows the access. Changes nothing but the entry (and the frame's
+   * dirty-data flag), so compiled code calls it in place. The TLB must be in sync (`syncTlb`).
+   */
+  tlbRefill(gfn: number, write: boolean): boolean {
+    this.stats.tlbMisses++;
+    const mmu = this.vm.mmu[0] as TdpMmu;
+    const pfn = mmu.lookup(gfn);
+    if (pfn < 0) return false;
+    const writable = (mmu.lastFlags & SPTE_WRITABLE) !== 0;
+    this.tlbFill(gfn, pfn, writable);
+    return writable || !write;
+  }
+
   private tlbFill(gfn: number, pfn: number, writable: boolean): number {
-    const t = gfn < 2147483648 ? gfn & TLB_MASK : gfn % TLB_SIZE;
+    const t = gfn & TLB_MASK;
     const alloc = this.vm.kernel.alloc;
-    this.tlbGfn[t] = gfn;
-    this.tlbGen[t] = (this.vm.mmu[0] as TdpMmu).generation;
-    this.tlbWritable[t] = writable ? 1 : 0;
+    this.tlbRead[t] = gfn;
+    this.tlbWrite[t] = writable ? gfn : Number.NaN;
     this.tlbData[t] = alloc.sectionData(pfn as Pfn);
     this.tlbView[t] = alloc.sectionView(pfn as Pfn);
     this.tlbOff[t] = alloc.dataOffset(pfn as Pfn);
@@ -638,12 +676,17 @@ export class KvmVcpu implements VcpuApi {
     return t;
   }
 
+  /** `vcpuSlot` as the fault handler's lookup argument (one closure per vCPU, not per fault). */
+  private readonly slotLookup = (gfn: number): import('../kvm/memslot.js').KvmMemorySlot | null =>
+    this.vcpuSlot(gfn);
+
   private vcpuSlot(gfn: number): import('../kvm/memslot.js').KvmMemorySlot | null {
-    const gen = this.vm.memslots[0]?.generation ?? 0;
-    const s = this.lastSlot;
-    if (s && this.lastSlotGen === gen && gfn >= s.baseGfn && gfn < s.endGfn) return s;
+    const gen = (this.vm.memslots[0] as import('../kvm/memslot.js').KvmMemslots).generation;
+    if (this.lastSlotGen === gen && gfn >= this.lastSlotBase && gfn < this.lastSlotEnd) return this.lastSlot;
     const found = this.vm.gfnToMemslot(gfn, 0);
     this.lastSlot = found;
+    this.lastSlotBase = found === null ? 0 : found.baseGfn;
+    this.lastSlotEnd = found === null ? 0 : found.baseGfn + found.npages;
     this.lastSlotGen = gen;
     return found;
   }
@@ -653,26 +696,21 @@ export class KvmVcpu implements VcpuApi {
    * EXIT when the access must be emulated (the caller builds the MMIO exit); RETRY; ERROR.
    */
   private tlbSlot = 0;
-  private translate(gpa: number, write: boolean, fetch = false): number {
+  private translate(gpa: number, write: boolean, fetch = false, probed = false): number {
     const gfn = Math.floor(gpa / PAGE);
     const mmu = this.vm.mmu[0] as TdpMmu;
-    const t = gfn < 2147483648 ? gfn & TLB_MASK : gfn % TLB_SIZE;
-    if (
-      this.tlbGfn[t] === gfn &&
-      this.tlbGen[t] === mmu.generation &&
-      (!write || this.tlbWritable[t] === 1)
-    ) {
-      this.tlbSlot = t;
-      return OK;
+    if (!probed) {
+      // (`probed`: the caller has just found no usable entry and no usable SPTE for gpa.)
+      const t = gfn & TLB_MASK;
+      this.syncTlb(mmu);
+      if ((write ? this.tlbWrite[t] : this.tlbRead[t]) === gfn || this.tlbRefill(gfn, write)) {
+        this.tlbSlot = t;
+        return OK;
+      }
     }
-    this.stats.tlbMisses++;
-    const pfn = mmu.lookup(gfn);
-    if (pfn >= 0 && (!write || (mmu.lastFlags & SPTE_WRITABLE) !== 0)) {
-      this.tlbSlot = this.tlbFill(gfn, pfn, (mmu.lastFlags & SPTE_WRITABLE) !== 0);
-      return OK;
-    }
+    // tlbRefill's SPTE walk left its findings in lastFlags: no present leaf, or a read-only one.
     if (
-      pfn < 0 &&
+      (mmu.lastFlags & SPTE_PRESENT) === 0 &&
       (mmu.lastFlags & SPTE_MMIO) !== 0 &&
       mmu.lastMmioGeneration === (this.vm.memslots[0]?.generation ?? 0) &&
       !(this.vm.hasPrivateMem && this.vm.isPrivateGfn(gfn))
@@ -682,7 +720,8 @@ export class KvmVcpu implements VcpuApi {
     }
     const fault = newFault(gpa, write, false, 0);
     this.stats.faults++;
-    const r = kvmTdpPageFault(this.vm, fault, (g) => this.vcpuSlot(g));
+    const r = kvmTdpPageFault(this.vm, fault, this.slotLookup);
+    if (tpKvmPageFault.enabled) tpKvmPageFault.emit(pageFaultArgs(this.id, gpa, fault, r));
     this.lastFault = fault;
     if (r === RET_PF_FIXED) return this.translate(gpa, write, fetch);
     if (r === RET_PF_RETRY) {
@@ -720,8 +759,23 @@ export class KvmVcpu implements VcpuApi {
   }
 
   /** Reads `size` bytes at gpa into register `dst` (zero-extended), fragment by fragment. */
-  private slowRead(gpa: number, size: number, dst: number): number {
+  private slowRead(gpa: number, size: number, dst: number, probed = false): number {
     const bytes = this.scratch;
+    if ((gpa % PAGE) + size <= PAGE && this.fragments.length === 0) {
+      // One page, nothing completed yet: translate (fault) and read in place.
+      const r = this.translate(gpa, false, false, probed);
+      if (r === EXIT) return this.mmioExit(gpa, size, false, bytes);
+      if (r !== OK) return r;
+      const t = this.tlbSlot;
+      readValue(
+        this.regs,
+        2 * dst,
+        this.tlbView[t] as DataView,
+        (this.tlbOff[t] as number) + (gpa % PAGE),
+        size,
+      );
+      return OK;
+    }
     const first = Math.min(size, PAGE - (gpa % PAGE));
     let r = this.readFragment(gpa, first, bytes, 0);
     if (r !== OK) return r;
@@ -756,9 +810,18 @@ export class KvmVcpu implements VcpuApi {
     return OK;
   }
 
-  private slowWrite(gpa: number, size: number, lo: number, hi: number): number {
+  private slowWrite(gpa: number, size: number, lo: number, hi: number, probed = false): number {
     const bytes = this.scratch;
     for (let i = 0; i < size; i++) bytes[i] = i < 4 ? (lo >>> (8 * i)) & 0xff : (hi >>> (8 * (i - 4))) & 0xff;
+    if ((gpa % PAGE) + size <= PAGE && this.fragments.length === 0) {
+      // One page, nothing completed yet: translate (fault) and write in place.
+      const r = this.translate(gpa, true, false, probed);
+      if (r === EXIT) return this.mmioExit(gpa, size, true, bytes);
+      if (r !== OK) return r;
+      const t = this.tlbSlot;
+      writeValue(this.tlbView[t] as DataView, (this.tlbOff[t] as number) + (gpa % PAGE), size, lo, hi);
+      return OK;
+    }
     const first = Math.min(size, PAGE - (gpa % PAGE));
     let r = this.writeFragment(gpa, first, bytes.subarray(0, first));
     if (r !== OK) return r;
@@ -779,12 +842,48 @@ export class KvmVcpu implements VcpuApi {
     return OK;
   }
 
-  /** rep stosb: page-sized chunks through the TLB; MMIO bytes one exit each. */
+  /**
+   * The TLB entry that allows an access to gpa's page without a fault (a hit, or a refill from
+   * a present SPTE), or -1.
+   */
+  private probe(gpa: number, write: boolean): number {
+    const gfn = Math.floor(gpa / PAGE);
+    const t = gfn & TLB_MASK;
+    this.syncTlb(this.vm.mmu[0] as TdpMmu);
+    return (write ? this.tlbWrite[t] : this.tlbRead[t]) === gfn || this.tlbRefill(gfn, write) ? t : -1;
+  }
+
+  /**
+   * How far the run of `n` bytes at frame offset `off` of `data` (guest bytes from gpa) extends
+   * over the following pages, up to `max` bytes: as long as each next page is mapped without a
+   * fault (`probe`) to the very next bytes of the same section buffer. A page that would fault
+   * ends the run; the caller's next `translate` faults it in, in the guest's order.
+   */
+  private extendRun(
+    gpa: number,
+    data: Uint8Array,
+    off: number,
+    n: number,
+    max: number,
+    write: boolean,
+  ): number {
+    let len = n;
+    while (len < max) {
+      const t = this.probe(gpa + len, write);
+      if (t < 0 || this.tlbData[t] !== data || this.tlbOff[t] !== off + len) break;
+      len = Math.min(max, len + PAGE);
+    }
+    return len;
+  }
+
+  /**
+   * rep stosb: through the TLB a run of pages at a time — the pages that are contiguous in one
+   * section buffer take one `fill`; MMIO bytes one exit each.
+   */
   private repFill(insn: Insn): number {
     const start = insn.base < 0 ? insn.disp : this.regVal(insn.base) + insn.disp;
     while (this.repDone < insn.len) {
       const gpa = start + this.repDone;
-      const chunk = Math.min(insn.len - this.repDone, PAGE - (gpa % PAGE));
       const r = this.translate(gpa, true);
       if (r === EXIT) {
         if (this.takeFragment(gpa, 1, true)) {
@@ -796,14 +895,21 @@ export class KvmVcpu implements VcpuApi {
       }
       if (r !== OK) return r;
       const t = this.tlbSlot;
+      const data = this.tlbData[t] as Uint8Array;
       const off = (this.tlbOff[t] as number) + (gpa % PAGE);
-      (this.tlbData[t] as Uint8Array).fill(insn.byte, off, off + chunk);
-      this.repDone += chunk;
+      const left = insn.len - this.repDone;
+      const n = this.extendRun(gpa, data, off, Math.min(left, PAGE - (gpa % PAGE)), left, true);
+      data.fill(insn.byte, off, off + n);
+      this.repDone += n;
     }
     return OK;
   }
 
-  /** rep movsb: chunked by both pages; MMIO on either side goes a byte at a time. */
+  /**
+   * rep movsb: runs that are contiguous on both sides (in one section buffer each) take one
+   * `copyWithin`/`set`, chunked at both sides' page boundaries in between; MMIO on either side
+   * goes a byte at a time.
+   */
   private repCopy(insn: Insn): number {
     const dst = insn.base < 0 ? insn.disp : this.regVal(insn.base) + insn.disp;
     const src = insn.base2 < 0 ? insn.disp2 : this.regVal(insn.base2) + insn.disp2;
@@ -838,6 +944,7 @@ export class KvmVcpu implements VcpuApi {
           const t = this.tlbSlot;
           const dstData = this.tlbData[t] as Uint8Array;
           const dstOff = (this.tlbOff[t] as number) + (d % PAGE);
+          if (n > 1) n = this.extendCopy(s, d, srcData, srcOff, dstData, dstOff, n, insn.len - this.repDone);
           if (dstData === srcData && dstOff > srcOff && dstOff < srcOff + n) {
             // rep movsb copies forward a byte at a time: an overlapping destination above the
             // source repeats the pattern (not memmove).
@@ -855,6 +962,39 @@ export class KvmVcpu implements VcpuApi {
       return r;
     }
     return OK;
+  }
+
+  /** `extendRun` for both sides of a copy at once: the run's length (≥ n, ≤ max). */
+  private extendCopy(
+    s: number,
+    d: number,
+    srcData: Uint8Array,
+    srcOff: number,
+    dstData: Uint8Array,
+    dstOff: number,
+    n: number,
+    max: number,
+  ): number {
+    let len = n;
+    while (len < max) {
+      const step = Math.min(max - len, PAGE - ((s + len) % PAGE), PAGE - ((d + len) % PAGE));
+      const ts = this.probe(s + len, false);
+      if (
+        ts < 0 ||
+        this.tlbData[ts] !== srcData ||
+        (this.tlbOff[ts] as number) + ((s + len) % PAGE) !== srcOff + len
+      )
+        break;
+      const td = this.probe(d + len, true);
+      if (
+        td < 0 ||
+        this.tlbData[td] !== dstData ||
+        (this.tlbOff[td] as number) + ((d + len) % PAGE) !== dstOff + len
+      )
+        break;
+      len += step;
+    }
+    return len;
   }
 
   // ---- KVM_PRE_FAULT_MEMORY (PF-1..PF-5) ---------------------------------------------------
@@ -876,7 +1016,7 @@ export class KvmVcpu implements VcpuApi {
       let r = RET_PF_RETRY;
       let tries = 0;
       for (;;) {
-        r = kvmTdpPageFault(this.vm, fault, (g) => this.vcpuSlot(g));
+        r = kvmTdpPageFault(this.vm, fault, this.slotLookup);
         if (r !== RET_PF_RETRY || fault.row === '5' || fault.signal) break;
         if (++tries > MAX_RETRIES) {
           kvmWarn('KVM_PRE_FAULT_MEMORY livelocked on retries');
@@ -937,8 +1077,7 @@ export class KvmVcpu implements VcpuApi {
   /** Freed with the VM (kvm_destroy_vcpus). */
   destroy(): void {
     this.closed = true;
-    this.tlbData.fill(null);
-    this.tlbView.fill(null);
+    this.flushTlb();
   }
 
   get isClosed(): boolean {
@@ -947,7 +1086,31 @@ export class KvmVcpu implements VcpuApi {
 
   /** Drops every TLB entry (tests; zaps do it through the generation). */
   flushTlb(): void {
-    this.tlbGfn.fill(-1);
+    this.tlbRead.fill(Number.NaN);
+    this.tlbWrite.fill(Number.NaN);
+    this.tlbData.fill(NO_DATA);
+    this.tlbView.fill(NO_VIEW);
+  }
+}
+
+/** Reads a value of `size` bytes little-endian into register halves regs[d], regs[d + 1]. */
+function readValue(regs: Uint32Array, d: number, dv: DataView, off: number, size: number): void {
+  switch (size) {
+    case 8:
+      regs[d] = dv.getUint32(off, true);
+      regs[d + 1] = dv.getUint32(off + 4, true);
+      break;
+    case 4:
+      regs[d] = dv.getUint32(off, true);
+      regs[d + 1] = 0;
+      break;
+    case 2:
+      regs[d] = dv.getUint16(off, true);
+      regs[d + 1] = 0;
+      break;
+    default:
+      regs[d] = dv.getUint8(off);
+      regs[d + 1] = 0;
   }
 }
 
