@@ -22,7 +22,7 @@ export {
   type RamBacking,
   runSkippingIntr,
 } from './kvm_util.js';
-export { type KvmProbe, realKvmAvailable } from './probe.js';
+export { type KvmProbe, kvmDevicePath, realKvmAvailable } from './probe.js';
 export type { RealHostOptions } from './real_host.js';
 export { RealHost } from './real_host.js';
 export type { RealVcpu } from './vcpu.js';

@@ -37,7 +37,16 @@ const REQUIRED: readonly (readonly [number, string, (v: number) => boolean, stri
   [KVM_CAP_READONLY_MEM, 'KVM_CAP_READONLY_MEM', (v) => v > 0, '> 0'],
 ];
 
-let cached: KvmProbe | undefined;
+let cached: { readonly path: string; readonly probe: KvmProbe } | undefined;
+
+/**
+ * The KVM device the real backend opens: /dev/kvm, or `GUESTMEM_KVM_DEVICE` when set (so a test
+ * can show what happens without KVM: the probe and `createRealHost` open this same path).
+ */
+export function kvmDevicePath(): string {
+  const p = process.env['GUESTMEM_KVM_DEVICE'];
+  return p === undefined || p === '' ? '/dev/kvm' : p;
+}
 
 /** Probes the KVM device at `path` (uncached); `realKvmAvailable()` probes /dev/kvm once. */
 export function probeKvm(path: string): KvmProbe {
@@ -82,6 +91,7 @@ export function probeKvm(path: string): KvmProbe {
  * USER_MEMORY2, GUEST_MEMFD, GUEST_MEMFD_FLAGS ⊇ MMAP|INIT_SHARED and READONLY_MEM. Cached.
  */
 export function realKvmAvailable(): KvmProbe {
-  cached ??= probeKvm('/dev/kvm');
-  return cached;
+  const path = kvmDevicePath();
+  if (cached?.path !== path) cached = { path, probe: probeKvm(path) };
+  return cached.probe;
 }

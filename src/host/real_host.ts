@@ -30,6 +30,7 @@ import { PAGE_SIZE, pageAlignUp } from '../core/units.js';
 import { AddressSpace, DEFAULT_VMA_HEADROOM } from './address_space.js';
 import { classifyFile, fileKey } from './files.js';
 import { type FdKind, type HostContext, RealKvm, type RealVm } from './kvm_main.js';
+import { kvmDevicePath } from './probe.js';
 import type { Sys } from './sys.js';
 import { checkRunTimeout, DEFAULT_RUN_TIMEOUT_MS } from './watchdog.js';
 
@@ -39,7 +40,7 @@ const S_IFMT = 0o170000;
 export interface RealHostOptions {
   /** VMAs always left free for Node under vm.max_map_count (default 4096). */
   readonly vmaHeadroom?: number;
-  /** The path of the KVM device (default /dev/kvm). */
+  /** The path of the KVM device (default: `kvmDevicePath()`, /dev/kvm unless GUESTMEM_KVM_DEVICE is set). */
   readonly kvmPath?: string;
   /**
    * The `runTimeoutMs` of every vCPU created through this host (default 10 000): the most one
@@ -80,7 +81,7 @@ export class RealHost implements Host, HostContext {
     options: RealHostOptions = {},
   ) {
     this.space = new AddressSpace(sys, options.vmaHeadroom ?? DEFAULT_VMA_HEADROOM);
-    this.kvmPath = options.kvmPath ?? '/dev/kvm';
+    this.kvmPath = options.kvmPath ?? kvmDevicePath();
     this.runTimeoutMs = checkRunTimeout(options.runTimeoutMs ?? DEFAULT_RUN_TIMEOUT_MS, 'runTimeoutMs');
   }
 

@@ -38,6 +38,7 @@ import {
 } from '../core/uapi.js';
 import { GiB, type GpaRange, MiB, PAGE_SIZE, rangeWithin } from './layout.js';
 import type { RamDiscardManager, RamRegion } from './ram.js';
+import { type SpanSink, VMM_TID } from './trace_events.js';
 
 /** Who asked for the conversion. */
 export type ConversionSource = 'memory-fault' | 'hypercall' | 'vmm';
@@ -108,6 +109,8 @@ export interface ConversionTarget {
   readonly sharedDiscard: SharedDiscard;
   /** Names what lies at `gpa` when it is not RAM (for error messages). */
   describe(gpa: number): string;
+  /** Where conversions are traced as nested spans (`--trace-events`), if anywhere. */
+  readonly tracer?: SpanSink | null;
 }
 
 /** The attrs argument of KVM_HC_MAP_GPA_RANGE decoded, or the reason it is invalid. */
@@ -156,6 +159,32 @@ export class ConversionHandler {
 
   /** Validates, then converts in QEMU's order. Never throws for a bad request: see the result. */
   convert(req: ConversionRequest): ConversionResult {
+    const tr = this.t.tracer;
+    if (!tr) return this.convertRange(req);
+    const to = req.toPrivate ? 'private' : 'shared';
+    tr.begin(VMM_TID, `convert to ${to}`, 'conversion', { gpa: req.gpa, size: req.size, source: req.source });
+    let r: ConversionResult | null = null;
+    try {
+      r = this.convertRange(req);
+      return r;
+    } finally {
+      tr.end(VMM_TID, r === null ? { threw: true } : r.ok ? { ok: true } : { ok: false, reason: r.reason });
+    }
+  }
+
+  /** Runs one step as a span when tracing. */
+  private span<T>(name: string, f: () => T): T {
+    const tr = this.t.tracer;
+    if (!tr) return f();
+    tr.begin(VMM_TID, name, 'conversion');
+    try {
+      return f();
+    } finally {
+      tr.end(VMM_TID);
+    }
+  }
+
+  private convertRange(req: ConversionRequest): ConversionResult {
     const bad = this.validate(req);
     if (bad !== null) return this.refuse(req, bad);
     const region = this.regionOf(req) as RamRegion; // validate() found it
@@ -165,33 +194,40 @@ export class ConversionHandler {
 
     // 1. KVM_SET_MEMORY_ATTRIBUTES (kvm_set_memory_attributes_private/shared).
     try {
-      this.t.vm.setMemoryAttributes({
-        address: gpa,
-        size,
-        attributes: toPrivate ? KVM_MEMORY_ATTRIBUTE_PRIVATE : 0,
-      });
+      this.span('1. set attributes', () =>
+        this.t.vm.setMemoryAttributes({
+          address: gpa,
+          size,
+          attributes: toPrivate ? KVM_MEMORY_ATTRIBUTE_PRIVATE : 0,
+        }),
+      );
     } catch (e) {
       return this.refuse(req, `KVM_SET_MEMORY_ATTRIBUTES failed: ${errText(e)}`);
     }
     this.step('attributes', req);
 
     // 2. ram_block_attributes_state_change: listeners drop or re-allow their mappings.
-    const changed = this.t.discard.stateChange(gpa, size, toPrivate);
+    const changed = this.span('2. discard listeners', () => this.t.discard.stateChange(gpa, size, toPrivate));
     this.step('listeners', req);
 
     // 3. Discard the side no longer used.
     try {
       if (toPrivate) {
-        this.discardShared(region, off, gpa, size);
+        this.span('3. discard shared', () => this.discardShared(region, off, gpa, size));
         this.step('discard-shared', req);
         const p = region.private;
         if (p !== null && p.kind === 'private-memfd' && req.populatePrivate !== false) {
-          this.t.host.fallocate(p.fd, FALLOC_FL_KEEP_SIZE, privOff, size);
+          this.span('4. populate private', () =>
+            this.t.host.fallocate(p.fd, FALLOC_FL_KEEP_SIZE, privOff, size),
+          );
           this.stats.privatePopulatedBytes += size;
           this.step('populate-private', req);
         }
       } else if (region.private !== null && region.private.fd >= 0) {
-        this.t.host.fallocate(region.private.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, privOff, size);
+        const fd = region.private.fd;
+        this.span('3. punch private', () =>
+          this.t.host.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, privOff, size),
+        );
         this.stats.privatePunchedBytes += size;
         this.step('punch-private', req);
       }
@@ -258,6 +294,11 @@ export class ConversionHandler {
   /** Records a refused request (also for requests refused before they were decoded). */
   refuse(req: ConversionRequest, reason: string): ConversionResult {
     this.stats.failed++;
+    this.t.tracer?.instant(VMM_TID, 'conversion refused', 'conversion', {
+      gpa: req.gpa,
+      size: req.size,
+      reason,
+    });
     if (this.failures.length < MAX_LOGGED) {
       this.failures.push({
         gpa: req.gpa,

@@ -80,12 +80,23 @@ export {
   type Checks,
   defineScenario,
   type RunOptions,
+  type RunProgress,
   type Scenario,
   type ScenarioContext,
   ScenarioError,
   type ScenarioVariant,
 } from './scenario.js';
 export { parseScenario, ScenarioValidationError, type ValidationIssue } from './schema.js';
+export {
+  checkTraceEventFile,
+  KERNEL_TID,
+  type SpanSink,
+  type TraceEvent,
+  type TraceEventFile,
+  TraceEventRecorder,
+  VCPU_TID_BASE,
+  VMM_TID,
+} from './trace_events.js';
 export { DEFAULT_SCENARIO };
 
 /** What `listScenarios` says about each shipped scenario. */

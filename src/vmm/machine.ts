@@ -80,6 +80,7 @@ import {
   type RamRegion,
   type SharedBackingKind,
 } from './ram.js';
+import type { SpanSink } from './trace_events.js';
 
 /** The VM types the machine knows. */
 export type VmKind = 'default' | 'sw-protected';
@@ -116,6 +117,8 @@ export interface MachineConfig {
   readonly readonlyFf?: ReadonlyFfProvider | undefined;
   /** PCI functions (default: host bridge, serial, DMA device on bus 0). */
   readonly pciFunctions?: readonly PciFunctionDef[];
+  /** Where conversions are traced as spans (`--trace-events`). */
+  readonly tracer?: SpanSink | undefined;
 }
 
 export class MachineError extends Error {
@@ -237,6 +240,7 @@ export class Machine {
       discard: this.discard,
       sharedDiscard: config.memory.sharedDiscard ?? 'punch-hole',
       describe: (gpa) => this.describe(gpa),
+      tracer: config.tracer ?? null,
     });
     this.vcpu = vm.createVcpu(0);
   }

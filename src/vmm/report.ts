@@ -19,6 +19,7 @@ import type { BackendName } from './backends.js';
 import type { ConversionFailure, ConversionStats } from './conversion.js';
 import type { HoleReport } from './holes.js';
 import type { GuestReport, Machine, MemoryMap, RunOutcome } from './machine.js';
+import { unwrapRecorded } from './trace.js';
 
 /** A JSON value scenarios may note in their report. */
 export type NoteValue =
@@ -201,9 +202,11 @@ function inodeStats(model: ModelHost, fd: number): BackingReport['model'] {
 
 /** The model's counters for `machine` (null when the machine does not run on the model). */
 export function modelCounters(machine: Machine, model: ModelHost | null): ModelCounters | null {
-  if (model === null || !(machine.vm instanceof VmHandle)) return null;
-  const k = machine.vm.kvm;
-  const v = machine.vcpu instanceof KvmVcpu ? machine.vcpu.stats : null;
+  const vm = unwrapRecorded(machine.vm);
+  const vcpu = unwrapRecorded(machine.vcpu);
+  if (model === null || !(vm instanceof VmHandle)) return null;
+  const k = vm.kvm;
+  const v = vcpu instanceof KvmVcpu ? vcpu.stats : null;
   let pairing: { invalidates: number; fallocates: number; lockedFaults: number } | null = null;
   for (const slot of k.listMemslots()) {
     const p = pairingOf(slot);

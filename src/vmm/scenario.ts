@@ -51,6 +51,7 @@ import {
   type ScenarioReport,
   type Status,
 } from './report.js';
+import { type TraceEventRecorder, VMM_TID } from './trace_events.js';
 
 /** One configuration of a scenario's machine; unset fields come from the scenario. */
 export interface ScenarioVariant {
@@ -146,6 +147,26 @@ export interface RunOptions {
   /** Run only these variants (by name). */
   readonly variants?: readonly string[];
   readonly limits?: RunLimits;
+  /**
+   * Chrome trace events (`--trace-events`): each run becomes a process of `tracer`, its host
+   * wrapped so every call is on the timeline. The caller starts and stops the recorder.
+   */
+  readonly tracer?: TraceEventRecorder;
+  /** Called as runs start and end (progress display): `done` of `total` runs finished. */
+  readonly onProgress?: (p: RunProgress) => void;
+}
+
+/** Where a scenario run is (for `RunOptions.onProgress`). */
+export interface RunProgress {
+  readonly scenario: string;
+  readonly variant: string;
+  /** Runs finished so far. */
+  readonly done: number;
+  readonly total: number;
+  /** What just happened in the current run. */
+  readonly phase: 'start' | 'sync' | 'end';
+  /** The sync tag, for 'sync'. */
+  readonly tag?: number;
 }
 
 interface ResolvedRun {
@@ -188,6 +209,8 @@ async function runOne(
   run: ResolvedRun,
   backend: Backend,
   limits: RunLimits,
+  tracer: TraceEventRecorder | undefined,
+  onSyncPoint: (tag: number) => void,
 ): Promise<RunReport> {
   const t0 = performance.now();
   const skip = (reason: string): RunReport =>
@@ -198,7 +221,9 @@ async function runOne(
   const unsupported = backend.unsupported(run.host);
   if (unsupported !== null) return skip(unsupported);
 
-  const bh = backend.create(run.host);
+  const made = backend.create(run.host);
+  tracer?.beginProcess(`${backend.name}: ${s.name} / ${run.name}`);
+  const bh = tracer === undefined ? made : { ...made, host: tracer.wrapHost(made.host) };
   const checks: CheckResult[] = [];
   const notes: Record<string, NoteValue> = {};
   const record = (name: string, pass: boolean, detail = ''): boolean => {
@@ -220,6 +245,7 @@ async function runOne(
       memory: run.memory,
       pci: run.pci,
       ...(bh.readonlyFf === undefined ? {} : { readonlyFf: bh.readonlyFf }),
+      ...(tracer === undefined ? {} : { tracer }),
     };
     try {
       machine = Machine.create(bh.host, config);
@@ -260,10 +286,22 @@ async function runOne(
       m.loadProgram(b.build());
       await s.setup?.(ctx);
       const onSync = s.on?.sync;
-      outcome = await m.run(onSync === undefined ? {} : { sync: (tag) => onSync(tag, ctx) }, {
-        ...s.limits,
-        ...limits,
-      });
+      const sync = async (tag: number): Promise<void> => {
+        onSyncPoint(tag);
+        tracer?.begin(VMM_TID, `sync ${tag}`, 'scenario');
+        try {
+          await onSync?.(tag, ctx);
+        } finally {
+          tracer?.end(VMM_TID);
+        }
+      };
+      outcome = await m.run(
+        { sync },
+        {
+          ...s.limits,
+          ...limits,
+        },
+      );
     } catch (e) {
       outcome = { end: 'error', detail: `the VMM failed: ${errText(e)}` };
     }
@@ -342,7 +380,14 @@ export async function runScenarioObject(s: Scenario, options: RunOptions = {}): 
     runs = runs.filter((r) => options.variants?.includes(r.name));
   }
   const reports: RunReport[] = [];
-  for (const run of runs) reports.push(await runOne(s, run, backend, options.limits ?? {}));
+  const progress = options.onProgress;
+  for (const run of runs) {
+    const at = { scenario: s.name, variant: run.name, done: reports.length, total: runs.length };
+    progress?.({ ...at, phase: 'start' });
+    const onSyncPoint = (tag: number): void => progress?.({ ...at, phase: 'sync', tag });
+    reports.push(await runOne(s, run, backend, options.limits ?? {}, options.tracer, onSyncPoint));
+    progress?.({ ...at, done: reports.length, phase: 'end' });
+  }
 
   const checks: CheckResult[] = [];
   const ran = reports.filter((r) => r.status !== 'skipped');

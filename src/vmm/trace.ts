@@ -39,6 +39,7 @@ import type {
 } from '../core/api.js';
 import { HostFault, KvmError } from '../core/errno.js';
 import type { Op, Program } from '../core/vcpu/program.js';
+import type { Backend, HostRequest } from './backends.js';
 
 export const TRACE_FORMAT = 'guestmem-trace';
 export const TRACE_VERSION = 1;
@@ -902,6 +903,61 @@ export function traceFromJson(text: string): Trace {
   return isObj(meta ?? null) ? { ...t, meta: meta as { readonly [k: string]: Json } } : t;
 }
 
+/** One host made by a `recordingBackend`, and what it was asked to be. */
+export interface Recording {
+  readonly host: RecordingHost;
+  readonly request: HostRequest;
+}
+
+/**
+ * `inner`, with every host it makes wrapped in `recordingHost` (one recording per scenario run);
+ * read-only 0xff slots go through the recorded `Host` (holes.ts `genericReadonlyFf`).
+ * `traceOf` gives a recording's trace with the host's options in `meta.hostRequest`, so that a
+ * replay (`hostRequestOf`) asks its backend for the same kind of host.
+ */
+export function recordingBackend(inner: Backend): {
+  readonly backend: Backend;
+  readonly recordings: Recording[];
+} {
+  const recordings: Recording[] = [];
+  const backend: Backend = {
+    ...inner,
+    create(req) {
+      const made = inner.create(req);
+      const host = recordingHost(made.host);
+      recordings.push({ host, request: req });
+      // Not the backend's own read-only 0xff slots (src/host/allones.ts maps with mmapRepeated,
+      // outside the interface a trace records): the machine makes them through the recorded host.
+      return { host, model: made.model };
+    },
+  };
+  return { backend, recordings };
+}
+
+/** A recording's trace, with its host request in `meta.hostRequest`. */
+export function traceOf(r: Recording, meta: { readonly [k: string]: Json } = {}): Trace {
+  return r.host.trace({ ...meta, hostRequest: JSON.parse(JSON.stringify(r.request)) as Json });
+}
+
+/** The host options a trace was recorded with (`meta.hostRequest`; none: the default host). */
+export function hostRequestOf(trace: Trace): HostRequest {
+  const r = trace.meta?.['hostRequest'];
+  if (r === undefined || r === null) return {};
+  if (typeof r !== 'object' || Array.isArray(r))
+    throw new ReplayError("the trace's meta.hostRequest is not an object");
+  return r as HostRequest; // written by traceOf from a HostRequest; a backend ignores what it lacks
+}
+
+/**
+ * The object a recording wrapper stands for (itself if it is none): what introspection of the
+ * model (reports, scenarios that watch a VM's destruction) must look at under `--trace`.
+ */
+export function unwrapRecorded<T extends object>(x: T): T {
+  let o: object = x;
+  while (o instanceof RecVm || o instanceof RecVcpu || o instanceof RecKvm) o = o.inner;
+  return o as T; // a wrapper stands for an object of the same interface
+}
+
 export function writeTrace(path: string, trace: Trace): void {
   writeFileSync(path, traceToJson(trace));
 }
@@ -933,6 +989,8 @@ export interface ReplayOptions {
    * deviation) lets the replay go on; null stops it there.
    */
   readonly tolerate?: (expected: TraceCall, actual: TraceCall) => string | null;
+  /** Called after each call is replayed: `done` of `total` calls (progress display). */
+  readonly onCall?: (done: number, total: number) => void;
 }
 
 function decode(r: Recorder, v: Json): unknown {
@@ -1076,6 +1134,7 @@ export function replay(trace: Trace, host: Host, options: ReplayOptions = {}): R
       }
       tolerated.push({ index: call.i, why });
     }
+    options.onCall?.(call.i + 1, trace.calls.length);
   }
   return { ok: true, tolerated };
 }

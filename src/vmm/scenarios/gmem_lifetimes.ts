@@ -17,6 +17,7 @@ import { VmHandle } from '../../core/kvm/kvm_main.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../../core/uapi.js';
 import { MiB, PAGE_SIZE } from '../layout.js';
 import { defineScenario, type ScenarioContext, type ScenarioVariant } from '../scenario.js';
+import { unwrapRecorded } from '../trace.js';
 
 const PATTERN = 0x600d_f00d;
 const DESIGNS: readonly GmemLifetime[] = ['file-pins-vm', 'slot-pins-file'];
@@ -37,7 +38,7 @@ const variants: ScenarioVariant[] = DESIGNS.flatMap((design) =>
 );
 
 function destroyed(ctx: ScenarioContext): boolean | null {
-  const vm = ctx.machine.vm;
+  const vm = unwrapRecorded(ctx.machine.vm);
   return vm instanceof VmHandle ? vm.kvm.destroyed : null;
 }
 
