@@ -8,10 +8,8 @@
  * Run alone: `npx tsx bench/kvm.bench.ts`.
  */
 import { createHost, type ModelHost } from '../src/core/host.js';
-import type { VmHandle } from '../src/core/kvm/kvm_main.js';
 import type { KvmMemorySlot } from '../src/core/kvm/memslot.js';
 import { PageCache } from '../src/core/mm/filemap.js';
-import { MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../src/core/uapi.js';
 import type { Pfn, PgOff } from '../src/core/units.js';
 import { type Program, program } from '../src/core/vcpu/program.js';
 import type { KvmVcpu } from '../src/core/vcpu/vcpu.js';
@@ -20,19 +18,22 @@ import {
   closeRamVm,
   faultAll,
   GiB,
+  NR_SLOTS,
   PAGE,
   PAGES_1G,
   pinDirtySections,
   type RamVm,
   ramVm,
   randomInts,
+  SLOT_BYTES,
+  type SlotsVm,
+  slotRegion,
+  slotsVm,
   zeroingReference,
 } from './kvm_fixtures.js';
 
 const AREA = 'KVM core (model)';
 /** KVM_USER_MEM_SLOTS on x86 (MR-19). */
-const NR_SLOTS = 32764;
-const SLOT_BYTES = 2 * 2 ** 20;
 const SLOT_PAGES = SLOT_BYTES / PAGE;
 /** KVM's published time for a first-touch fault on anonymous memory (the issue's reference). */
 const KVM_FAULT_NS = 2900;
@@ -44,42 +45,12 @@ let sink = 0;
 /** The vCPU's per-vCPU last-used slot lookup (the fault path's `lookup` argument), a private method. */
 type VcpuSlotLookup = { vcpuSlot(gfn: number): KvmMemorySlot | null };
 
-/** One host with a VM holding NR_SLOTS contiguous 2 MiB slots over one anonymous mapping. */
-interface FullVm {
-  readonly host: ModelHost;
-  readonly vm: VmHandle;
-  readonly hva: number;
+function addSlot(f: SlotsVm, i: number): void {
+  f.vm.setUserMemoryRegion(slotRegion(f, i));
 }
 
-function emptyVm(): FullVm {
-  const host = createHost();
-  const kvm = host.openKvm();
-  const vm = kvm.createVm(0);
-  kvm.close();
-  // set_memory_region_test's shape: one mapping, slot i at hva + i * 2 MiB.
-  const hva = host.mmap(
-    0,
-    NR_SLOTS * SLOT_BYTES,
-    PROT_READ | PROT_WRITE,
-    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-    -1,
-    0,
-  );
-  return { host, vm, hva };
-}
-
-function addSlot(f: FullVm, i: number): void {
-  f.vm.setUserMemoryRegion({
-    slot: i,
-    flags: 0,
-    guestPhysAddr: i * SLOT_BYTES,
-    memorySize: SLOT_BYTES,
-    userspaceAddr: f.hva + i * SLOT_BYTES,
-  });
-}
-
-function fullVm(): FullVm {
-  const f = emptyVm();
+function fullVm(): SlotsVm {
+  const f = slotsVm();
   for (let i = 0; i < NR_SLOTS; i++) addSlot(f, i);
   return f;
 }
@@ -87,24 +58,24 @@ function fullVm(): FullVm {
 /** The memslot and lookup rows alone (also run by benchKvm). */
 export async function memslotRows(rows: BenchRow[]): Promise<void> {
   // Setup of all 32764 slots, each call on a fresh VM (created outside the timed region).
-  let f: FullVm | null = null;
+  let f: SlotsVm | null = null;
   const setup = await time(
     `${NR_SLOTS} x KVM_SET_USER_MEMORY_REGION`,
     () => {
-      const g = f as FullVm;
+      const g = f as SlotsVm;
       for (let i = 0; i < NR_SLOTS; i++) addSlot(g, i);
     },
     {
       setup: () => {
         f?.host.dispose();
-        f = emptyVm();
+        f = slotsVm();
       },
       timeMs: 1500,
       warmupMs: 300,
       iterations: 6,
     },
   );
-  (f as FullVm | null)?.host.dispose();
+  (f as SlotsVm | null)?.host.dispose();
   const setupMs = setup.nsPerOp / 1e6;
   rows.push({
     area: AREA,

@@ -3,7 +3,8 @@
  * guest RAM, a host whose free frames must be zeroed when handed out, deterministic gfns, and a
  * direct first-touch fault loop. Nothing here is timed; it is not a benchmark module itself.
  */
-import type { ModelHost } from '../src/core/host.js';
+import type { UserspaceMemoryRegion } from '../src/core/api.js';
+import { createHost, type ModelHost } from '../src/core/host.js';
 import type { VmHandle } from '../src/core/kvm/kvm_main.js';
 import { OWNER_KERNEL, type PageAllocator } from '../src/core/mm/page_alloc.js';
 import { kvmTdpPageFault, newFault, RET_PF_FIXED } from '../src/core/mmu/mmu.js';
@@ -11,6 +12,9 @@ import {
   KVM_MEM_GUEST_MEMFD,
   KVM_MEMORY_ATTRIBUTE_PRIVATE,
   KVM_X86_SW_PROTECTED_VM,
+  MAP_ANONYMOUS,
+  MAP_NORESERVE,
+  MAP_PRIVATE,
   MAP_SHARED,
   PROT_READ,
   PROT_WRITE,
@@ -21,6 +25,46 @@ import { type Timing, time } from './harness.js';
 export const PAGE = 4096;
 export const GiB = 2 ** 30;
 export const PAGES_1G = GiB / PAGE;
+
+/** The most memslots one address space of an x86 VM holds (KVM_USER_MEM_SLOTS). */
+export const NR_SLOTS = 32764;
+/** The size of each slot in the many-slot VMs: set_memory_region_test's 2 MiB. */
+export const SLOT_BYTES = 2 * 2 ** 20;
+
+/** A fresh host with an empty VM and one anonymous mapping with room for NR_SLOTS slots. */
+export interface SlotsVm {
+  readonly host: ModelHost;
+  readonly vm: VmHandle;
+  readonly hva: number;
+}
+
+/** set_memory_region_test's shape: one mapping; slot i is [i, i + 1) × SLOT_BYTES at hva + i × SLOT_BYTES. */
+export function slotsVm(): SlotsVm {
+  const host = createHost();
+  const kvm = host.openKvm();
+  const vm = kvm.createVm(0);
+  kvm.close();
+  const hva = host.mmap(
+    0,
+    NR_SLOTS * SLOT_BYTES,
+    PROT_READ | PROT_WRITE,
+    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+    -1,
+    0,
+  );
+  return { host, vm, hva };
+}
+
+/** Slot i of a SlotsVm: created with `size` = SLOT_BYTES, deleted with `size` = 0. */
+export function slotRegion(f: SlotsVm, i: number, size = SLOT_BYTES): UserspaceMemoryRegion {
+  return {
+    slot: i,
+    flags: 0,
+    guestPhysAddr: i * SLOT_BYTES,
+    memorySize: size,
+    userspaceAddr: size === 0 ? 0 : f.hva + i * SLOT_BYTES,
+  };
+}
 
 /** A VM whose slot 0 = [0, bytes) is backed by a shared mapping of a memfd (the usual VMM layout). */
 export interface RamVm {

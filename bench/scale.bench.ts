@@ -49,7 +49,7 @@ import {
 import { type Program, program } from '../src/core/vcpu/program.js';
 import type { KvmVcpu } from '../src/core/vcpu/vcpu.js';
 import { type BenchRow, isMain, printRows, time } from './harness.js';
-import { GiB, PAGE, randomInts } from './kvm_fixtures.js';
+import { GiB, NR_SLOTS, PAGE, randomInts, SLOT_BYTES, slotRegion, slotsVm } from './kvm_fixtures.js';
 
 const MiB = 2 ** 20;
 const TiB = 2 ** 40;
@@ -172,30 +172,11 @@ function modelBytes(host: ModelHost, fds: readonly number[], vms: readonly VmHan
 
 // ---- 1. 32764 memslots ---------------------------------------------------------------------------
 
-const NR_SLOTS = 32764;
-const SLOT_BYTES = 2 * MiB;
-
 function memslotRun(rows: BenchRow[]): void {
   const AREA = 'scale: 32764 memslots';
-  const host = createHost();
-  const kvm = host.openKvm();
-  const vm = kvm.createVm(0);
-  kvm.close();
-  const hva = host.mmap(
-    0,
-    NR_SLOTS * SLOT_BYTES,
-    PROT_READ | PROT_WRITE,
-    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-    -1,
-    0,
-  );
-  const region = (i: number, size: number) => ({
-    slot: i,
-    flags: 0,
-    guestPhysAddr: i * SLOT_BYTES,
-    memorySize: size,
-    userspaceAddr: size === 0 ? 0 : hva + i * SLOT_BYTES,
-  });
+  const f = slotsVm();
+  const { host, vm } = f;
+  const region = (i: number, size: number) => slotRegion(f, i, size);
   // Warm-up on another VM (4096 slots created, looked up, deleted): the figures below are for
   // compiled code, as kvm.bench.ts's are, not for the first calls of the process.
   const warm = host.openKvm();

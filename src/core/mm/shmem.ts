@@ -50,7 +50,7 @@ import {
   type Inode,
   newIno,
 } from './file.js';
-import { PageCache } from './filemap.js';
+import { PageCache, truncatePages } from './filemap.js';
 import { MemfileNotifierList, type MemfilePfnOps, type MemfilePfnResult } from './memfile_notifier.js';
 import type { Vma, VmOperations } from './mmap.js';
 import { VM_FAULT_HWPOISON, VM_FAULT_OOM, VM_FAULT_SIGBUS } from './mmap.js';
@@ -138,34 +138,7 @@ export class ShmemInode implements Inode {
 
   /** Removes [start, end) pages from the page cache and drops the cache's references. */
   private removePages(start: number, end: number): void {
-    const alloc = this.alloc;
-    // One walk of the page cache drops every unlocked page (no closure or array per page);
-    // locked ones stay and are collected.
-    let parked: number[] | null = null;
-    this.stats.freed += this.mapping.removeRange(start, end, (index, pfn) => {
-      if (alloc.isLocked(pfn)) {
-        parked ??= [];
-        parked.push(index, pfn);
-        return false;
-      }
-      alloc.put(pfn);
-      return true;
-    });
-    if (parked === null) return;
-    const list: number[] = parked;
-    for (let k = 0; k < list.length; k += 2) {
-      const index = list[k] as PgOff;
-      const pfn = list[k + 1] as Pfn;
-      // The kernel's truncation sleeps in folio_lock() here; the model parks the rest of this
-      // page's removal on the lock and finishes it when the holder unlocks.
-      this.stats.parkedOnLock++;
-      alloc.waitUnlocked(pfn, () => {
-        if (this.mapping.lookup(index) !== pfn) return; // already gone meanwhile
-        this.mapping.erase(index);
-        this.stats.freed++;
-        alloc.put(pfn);
-      });
-    }
+    truncatePages(this.mapping, this.alloc, start, end, this.stats);
   }
 
   /** Zeroes [from, to) bytes inside one page, if the page is present. */
