@@ -628,7 +628,7 @@ function metadataRow(rows: BenchRow[]): void {
     value: total / PAGES_1G,
     unit: 'B/page',
     target: { op: '<=', value: 16 },
-    note: `page allocator ${per(allocBytes)} (${alloc.frameCount} frames in pfn space, arrays sized for ${alloc.refcount.length}) + page cache ${per(cacheBytes)} + SPTEs ${per(spteBytes)} (${roots}: address spaces 0 and SMM) + memslot ${per(slotBytes)}; capacities, slack included`,
+    note: `page allocator ${per(allocBytes)} (${alloc.frameCount} frames in pfn space, arrays sized for ${alloc.refcount.length}) + page cache ${per(cacheBytes)} + SPTEs ${per(spteBytes)} (${roots}: one per address space in use; the SMM root is created on first use) + memslot ${per(slotBytes)}; capacities, slack included`,
   });
   closeRamVm(host, r);
   host.dispose();

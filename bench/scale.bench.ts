@@ -561,7 +561,7 @@ function allonesRows(rows: BenchRow[]): void {
     name: 'memory per VM, after the probes (V8 heap + external)',
     value: (m2.js - m0.js) / NR_VMS / KiB,
     unit: 'KiB/VM',
-    note: `RSS ${((m2.rss - m0.rss) / NR_VMS / KiB).toFixed(0)} KiB/VM; before the probes ${((m1.js - m0.js) / NR_VMS / KiB).toFixed(0)} KiB/VM; model: SPTE pools ${fmtB(model.spte / NR_VMS)}/VM (${model.spteTables / NR_VMS} tables: 2 roots, probe leaves), allocator ${fmtB(model.alloc)} in all`,
+    note: `RSS ${((m2.rss - m0.rss) / NR_VMS / KiB).toFixed(0)} KiB/VM; before the probes ${((m1.js - m0.js) / NR_VMS / KiB).toFixed(0)} KiB/VM; model: SPTE pools ${fmtB(model.spte / NR_VMS)}/VM (${model.spteTables / NR_VMS} tables: the root and the probes' leaves; no SMM root until SMM is used), allocator ${fmtB(model.alloc)} in all`,
   });
   host.dispose();
 }

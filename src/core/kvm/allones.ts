@@ -46,7 +46,6 @@ import type { ModelKernel } from '../host.js';
 import { OWNER_KERNEL, type PageAllocator } from '../mm/page_alloc.js';
 import { type KvmPageFault, RET_PF_CONTINUE, RET_PF_EMULATE, type SlotFaultExtension } from '../mmu/mmu.js';
 import { SPTE_PRESENT } from '../mmu/spte.js';
-import type { TdpMmu } from '../mmu/tdp_mmu.js';
 import {
   KVM_CAP_GUESTMEM_ALLONES,
   KVM_MEM_ALLONES,
@@ -194,7 +193,7 @@ function remove(vm: KvmVm, slot: KvmMemorySlot): void {
  * `is_page_fault_stale` makes for the faulting gfn. Returns the SPTEs installed.
  */
 function mapWholeSlot(vm: KvmVm, slot: KvmMemorySlot, fault: KvmPageFault, pfn: number): number {
-  const mmu = vm.mmu[fault.asId] as TdpMmu;
+  const mmu = vm.mmuFor(fault.asId);
   const window = Math.floor(fault.gfn / ALLONES_MAP_WINDOW_PAGES) * ALLONES_MAP_WINDOW_PAGES;
   const start = Math.max(slot.baseGfn, window);
   const end = Math.min(slot.endGfn, window + ALLONES_MAP_WINDOW_PAGES);

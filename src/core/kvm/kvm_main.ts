@@ -28,7 +28,7 @@ import type {
   Vcpu as VcpuApi,
   Vm as VmApi,
 } from '../api.js';
-import { fail, kvmWarn } from '../errno.js';
+import { assertInvariant, fail, kvmWarn } from '../errno.js';
 import type { ModelKernel } from '../host.js';
 import { File, type FileOperations, FMODE_READ, FMODE_WRITE, type Inode, newIno } from '../mm/file.js';
 import type { MmuNotifierRange, MmuNotifierSubscription } from '../mm/mmu_notifier.js';
@@ -224,8 +224,16 @@ export class KvmVm {
    * `id * nrAs + as` (memslot.ts SlotsById, which fills it).
    */
   readonly slotTable: (Slot | null)[] = [];
-  /** One TDP root per address space. */
+  /**
+   * The TDP root of each address space, by id — of those that have one. Address space 0's exists
+   * from creation; the SMM address space's (1) is created by `mmuFor` when something first needs
+   * it, as the kernel allocates a root when a vCPU first loads one (kvm_mmu_load; the SMM role
+   * only once a vCPU enters SMM). Until then `mmu.length` is 1 and the calls that would only
+   * zap or write-protect in it have nothing to do.
+   */
   readonly mmu: TdpMmu[];
+  /** Host MAXPHYADDR of the VM's TDP roots. */
+  private readonly mmuMaxPhyAddr: number;
   /** kvm_mmu_max_gfn(). */
   readonly maxGfn: number;
   nrMemslotPages = 0;
@@ -293,7 +301,8 @@ export class KvmVm {
       { length: this.nrAs },
       (_, as) => new KvmMemslots(as, this.slotTable, this.nrAs),
     );
-    this.mmu = Array.from({ length: this.nrAs }, () => new TdpMmu({ maxPhyAddr }));
+    this.mmuMaxPhyAddr = maxPhyAddr;
+    this.mmu = [new TdpMmu({ maxPhyAddr })];
     // kvm_init_mmu_notifier: shared memory follows the host mm (KVM_CAP_SYNC_MMU, MR-26).
     if (options.extensions?.privateMemfd) installMemfdPrivateExtension(this);
     if (options.extensions?.allones) installAllonesExtension(this);
@@ -647,8 +656,8 @@ export class KvmVm {
     slots.generation += this.nrAs;
     this.stats.memslotUpdates++;
     // kvm_arch_commit_memory_region: dirty-logging transitions (MR-24, HP-5).
-    if (change === 'FLAGS_ONLY' && slot && old) {
-      const mmu = this.mmu[asId] as TdpMmu;
+    const mmu = this.mmu[asId]; // not created yet: nothing mapped to protect
+    if (change === 'FLAGS_ONLY' && slot && old && mmu !== undefined) {
       if (slot.logDirty && !old.logDirty) {
         // Write-protect what is mapped and drop huge mappings so writes get logged at 4K.
         mmu.zapHugeRange(slot.baseGfn, slot.endGfn);
@@ -663,10 +672,24 @@ export class KvmVm {
 
   /** kvm_arch_flush_shadow_memslot: zap all (SLOT_ZAP_ALL) or only the slot's range. */
   private flushShadowMemslot(slot: Slot): void {
-    const mmu = this.mmu[slot.asId] as TdpMmu;
+    const mmu = this.mmu[slot.asId]; // not created yet: nothing mapped, nothing to zap
     this.stats.zaps++;
+    if (mmu === undefined) return;
     if (this.zapAllOnSlotChange()) this.stats.zappedSptes += mmu.zapAll();
     else this.stats.zappedSptes += mmu.zapRange(slot.baseGfn, slot.endGfn);
+  }
+
+  /**
+   * The TDP root of address space asId (< nrAs), created on first use: by a fault or a pre-fault,
+   * which map into it. Calls that only zap or write-protect read `mmu[asId]` and skip a missing
+   * one, which has nothing mapped.
+   */
+  mmuFor(asId: number): TdpMmu {
+    const mmu = this.mmu[asId];
+    if (mmu !== undefined) return mmu;
+    assertInvariant(asId > 0 && asId < this.nrAs, `mmuFor: address space ${asId} of ${this.nrAs}`);
+    while (this.mmu.length <= asId) this.mmu.push(new TdpMmu({ maxPhyAddr: this.mmuMaxPhyAddr }));
+    return this.mmu[asId] as TdpMmu; // just pushed
   }
 
   /** Takes a slot out of its address space (delete, move's old half, VM teardown). */
@@ -760,7 +783,7 @@ export class KvmVm {
 
   /** Zaps [start, end) gfns of an address space (kvm_unmap_gfn_range), all SPTE kinds. */
   unmapGfnRange(asId: number, start: number, end: number): number {
-    const n = (this.mmu[asId] as TdpMmu).zapRange(start, end);
+    const n = this.mmu[asId]?.zapRange(start, end) ?? 0; // not created yet: nothing to zap
     this.stats.zaps++;
     this.stats.zappedSptes += n;
     if (tpKvmUnmapGfnRange.enabled) tpKvmUnmapGfnRange.emit({ asId, start, end, zapped: n });
@@ -871,7 +894,8 @@ export class KvmVm {
 
   /** Write-protects the pages whose bits are set in `bits` (so the next write is logged). */
   private reprotect(slot: Slot, bits: Uint8Array): void {
-    const mmu = this.mmu[slot.asId] as TdpMmu;
+    const mmu = this.mmu[slot.asId];
+    if (mmu === undefined) return; // not created yet: nothing mapped to protect
     for (let byte = 0; byte < bits.length; byte++) {
       const b = bits[byte] as number;
       if (b === 0) continue;

@@ -50,6 +50,33 @@ describe('the decision table, shared rows (§3)', () => {
     expect(fault(t.vm.kvm, 0x800000).r).toBe(RET_PF_FIXED);
   });
 
+  it('row 4, MR-16: no MMIO SPTE for a gfn above kvm_mmu_max_gfn() (kvm_handle_noslot_fault): emulated, SPTEs untouched', () => {
+    const t = vmWithRam(0, MiB); // host MAXPHYADDR 48: kvm_mmu_max_gfn() = 2^36 - 1
+    const k = t.vm.kvm;
+    expect(k.maxGfn).toBe(2 ** 36 - 1);
+    const gen = k.mmu[0]?.generation;
+    // gpa 2^48 and up, 2^52 + a page, a gpa ≥ 2^63, and negative gpas: the u64s 2^64 - 16 and
+    // 2^64 - 2^40 (vcpu.ts `ea`: the model's form of an address ≥ 2^63).
+    for (const gpa of [2 ** 48, 2 ** 52 + PAGE + 8, 2 ** 63 + 2 ** 20, -16, -(2 ** 40)]) {
+      for (const write of [false, true]) {
+        const { r, f } = fault(k, gpa, write);
+        expect(r, `gpa ${gpa}`).toBe(RET_PF_EMULATE);
+        expect(f.row).toBe('4');
+        expect(f.gfn).toBeGreaterThan(k.maxGfn);
+        expect(f.gfn).toBeLessThan(2 ** 52);
+      }
+    }
+    // The gfn is the u64 gpa's: (u64)-16 >> 12 = 2^52 - 1; 2^52 + a page wraps to nothing past 2^52.
+    expect(newFault(-16, false, false, 0).gfn).toBe(2 ** 52 - 1);
+    expect(newFault(-(2 ** 40), false, false, 0).gfn).toBe(2 ** 52 - 2 ** 28);
+    expect(newFault(2 ** 64 + 2 * PAGE, false, false, 0).gfn).toBe(2);
+    expect(k.mmu[0]?.stats()).toMatchObject({ mmio: 0, tables: 0 });
+    expect(k.mmu[0]?.generation).toBe(gen);
+    // The last gfn below the limit still caches its MMIO SPTE.
+    expect(fault(k, 2 ** 48 - PAGE).r).toBe(RET_PF_EMULATE);
+    expect(k.mmu[0]?.stats().mmio).toBe(1);
+  });
+
   it('row 5: a fault on an INVALID slot retries; row 8a: a write to a READONLY slot emulates', () => {
     const t = vmWithRam();
     t.vm.setUserMemoryRegion(R(1, 0x800000, PAGE, t.ramHva, U.KVM_MEM_READONLY));
@@ -338,5 +365,49 @@ describe('KVM_PRE_FAULT_MEMORY, shared (PF-1..PF-5)', () => {
     expect(t.host.kernel.mm.stats.cowBreaks).toBe(0);
     expect(t.vm.kvm.mmu[0]?.lookup(0x800)).toBe(t.host.kernel.zeroPfn);
     v.close();
+  });
+});
+
+describe('the SMM address space’s TDP root is created on first use (kvm_mmu_load)', () => {
+  const SMM = 1 << 16; // as_id 1 in the slot field (MR-9)
+
+  it('memslot changes, dirty logging and invalidations in address space 1 leave it uncreated, with the same stats', () => {
+    const t = vmWithRam(0, MiB);
+    const k = t.vm.kvm;
+    expect(k.nrAs).toBe(2);
+    expect(k.mmu.length).toBe(1);
+    const [, hva] = memfdMapping(t.host, 64 * PAGE);
+    t.vm.setUserMemoryRegion(R(SMM | 1, 0x800000, 64 * PAGE, hva));
+    t.vm.setUserMemoryRegion(R(SMM | 1, 0x800000, 64 * PAGE, hva, U.KVM_MEM_LOG_DIRTY_PAGES));
+    const bm = new Uint8Array(8);
+    t.vm.getDirtyLog({ slot: SMM | 1, dirtyBitmap: bm });
+    expect(k.unmapGfnRange(1, 0, 2 ** 36)).toBe(0);
+    t.host.madvise(hva, 64 * PAGE, 4 /* MADV_DONTNEED: an invalidation over the SMM slot */);
+    t.vm.setUserMemoryRegion(R(SMM | 1, 0x800000, 0, hva)); // delete: a flush
+    expect(k.mmu.length).toBe(1);
+    // As when the root was created eagerly: unmapGfnRange, the invalidation and the flush count as zaps.
+    expect(k.stats).toMatchObject({ zaps: 3, zappedSptes: 0 });
+  });
+
+  it('a fault in address space 1 creates its root and maps there only; later zaps act on it', () => {
+    const t = vmWithRam(0, MiB);
+    const k = t.vm.kvm;
+    const [, hva] = memfdMapping(t.host, 64 * PAGE);
+    t.vm.setUserMemoryRegion(R(SMM | 1, 0x800000, 64 * PAGE, hva));
+    const f = newFault(0x803000, true, false, 1);
+    expect(kvmTdpPageFault(k, f)).toBe(RET_PF_FIXED);
+    expect(k.mmu.length).toBe(2);
+    expect(k.mmu[1]?.lookup(0x803)).toBeGreaterThanOrEqual(0);
+    expect(k.mmu[0]?.lookup(0x803)).toBe(-1);
+    expect(k.mmuFor(1)).toBe(k.mmu[1]);
+    t.vm.setUserMemoryRegion(R(SMM | 1, 0x800000, 0, hva));
+    expect(k.mmu[1]?.lookup(0x803)).toBe(-1);
+    expect(k.stats.zappedSptes).toBe(1);
+  });
+
+  it('a VM with one address space has no SMM root to create', () => {
+    const t = vmWithRam(U.KVM_X86_SW_PROTECTED_VM, MiB);
+    expect(t.vm.kvm.nrAs).toBe(1);
+    expect(() => t.vm.kvm.mmuFor(1)).toThrow(/address space 1 of 1/);
   });
 });

@@ -82,10 +82,25 @@ export interface SlotFaultExtension {
   faultin(vm: KvmVm, slot: KvmMemorySlot, fault: KvmPageFault): number | null;
 }
 
+/** 2^52: the gfns of the 64-bit guest physical address space (a u64 gpa >> 12). */
+const GFN_SPACE = 2 ** 52;
+
+/**
+ * The gfn of a gpa as the CPU forms it: the gpa is a u64, so a negative number (the model's
+ * form of an address ≥ 2^63: u64 − 2^64, see vcpu.ts `ea`) or one ≥ 2^64 wraps modulo 2^64.
+ * Exact for any gpa within 2^53 of a multiple of 2^64; the result is in 0..2^52−1.
+ */
+export function gpaToGfn(gpa: number): number {
+  const g = Math.floor(gpa / 4096);
+  if (g >= 0 && g < GFN_SPACE) return g;
+  const w = g % GFN_SPACE;
+  return w < 0 ? w + GFN_SPACE : w;
+}
+
 export function newFault(gpa: number, write: boolean, prefault: boolean, asId: number): KvmPageFault {
   return {
     gpa,
-    gfn: Math.floor(gpa / 4096),
+    gfn: gpaToGfn(gpa),
     write,
     prefault,
     asId,
@@ -154,7 +169,7 @@ export function kvmTdpPageFault(
   lookup: ((gfn: number, asId: number) => KvmMemorySlot | null) | null = null,
 ): number {
   vm.stats.faults++;
-  const mmu = vm.mmu[fault.asId] as TdpMmu;
+  const mmu = vm.mmuFor(fault.asId); // the SMM root is created by its first fault
   const hook = vm.faultPhaseHook;
 
   if (!fault.prefault && fastPageFault(vm, mmu, fault)) return RET_PF_FIXED;
@@ -178,7 +193,12 @@ export function kvmTdpPageFault(
   if (!slot) {
     if (fault.isPrivate) return memoryFault(fault, ERRNO.EFAULT, '3'); // row 3
     fault.row = '4'; // row 4: emulated MMIO; cache an MMIO SPTE tagged with the memslot generation
-    if (!fault.prefault) mmu.mapMmio(fault.gfn, vm.memslots[fault.asId]?.generation ?? 0);
+    // kvm_handle_noslot_fault: "Do not create an MMIO SPTE for a gfn greater than
+    // host.MAXPHYADDR" — such an access (in the model: any gpa ≥ 2^maxPhyAddr, including a
+    // negative base + disp wrapped to u64) is emulated without touching the SPTEs.
+    if (!fault.prefault && fault.gfn <= vm.maxGfn) {
+      mmu.mapMmio(fault.gfn, vm.memslots[fault.asId]?.generation ?? 0);
+    }
     return RET_PF_EMULATE;
   }
   if (slot.invalid) {

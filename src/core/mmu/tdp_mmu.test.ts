@@ -630,6 +630,46 @@ describe('TdpMmu: memory', () => {
     expect(s.bytes / 262_144).toBeLessThanOrEqual(6);
     mmu.audit();
   });
+
+  it('past its first chunk (1024 tables) the pool grows by whole chunks; walks, reuse and reset span chunks', () => {
+    const TABLE_BYTES = 512 * 5 + 3;
+    const mmu = new TdpMmu();
+    expect(mmu.stats().bytes).toBe(16 * TABLE_BYTES);
+    // Each 4K leaf at a multiple of 512 needs its own level-1 table: 1100 of them, plus 3 level-2
+    // tables, a level-3, a level-4 and the level-5 root.
+    const N = 1100;
+    for (let i = 0; i < N; i++) mmu.map(i * 512, 1, i, RW);
+    mmu.mapMmio((N - 1) * 512 + 1, 7);
+    expect(mmu.stats().tables).toBe(N + 3 + 3);
+    expect(mmu.stats().bytes).toBe(2 * 1024 * TABLE_BYTES);
+    for (let i = 0; i < N; i++) {
+      expect(mmu.lookup(i * 512)).toBe(i);
+      expect([mmu.lastLevel, mmu.lastFlags]).toEqual([1, P | RW]);
+      expect(mmu.lookup(i * 512 + 2)).toBe(-1);
+    }
+    expect(mmu.lookup((N - 1) * 512 + 1)).toBe(-1);
+    expect([mmu.lastFlags, mmu.lastMmioGeneration]).toEqual([SPTE_MMIO, 7]);
+    expect(mmu.writeProtectRange(0, N * 512)).toBe(N);
+    const seen: number[] = [];
+    mmu.forEachLeaf(0, G40, (gfn, level, pfn, flags) => {
+      expect([level, flags]).toEqual([1, P | HW]);
+      seen.push(gfn / 512 - pfn);
+    });
+    expect(seen).toEqual(new Array<number>(N).fill(0));
+    mmu.audit();
+    // Freed tables in both chunks are reused before the pool grows again.
+    expect(mmu.zapRange(0, 600 * 512)).toBe(600);
+    for (let i = 0; i < 600; i++) mmu.map(2 ** 30 + i * 512, 1, i, RW);
+    expect(mmu.stats().bytes).toBe(2 * 1024 * TABLE_BYTES);
+    expect(mmu.lookup(2 ** 30 + 599 * 512)).toBe(599);
+    expect(mmu.lookup(1099 * 512)).toBe(1099);
+    mmu.audit();
+    mmu.zapAll();
+    expect(mmu.stats()).toMatchObject({ tables: 0, bytes: 16 * TABLE_BYTES });
+    mmu.map(5, 1, 9, RW);
+    expect(mmu.lookup(5)).toBe(9);
+    mmu.audit();
+  });
 });
 
 // --- the property: random operation sequences against the reference ------------------------

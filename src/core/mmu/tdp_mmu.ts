@@ -13,8 +13,10 @@
  * as the fault path does. Replacing a present leaf with a different pfn, which the kernel BUGs
  * on, is modelled as zap + install so that the caller sees the old leaf through `onZap`.
  *
- * Memory layout. Tables live in one pool of parallel typed arrays, indexed by table number t
- * (entry e = t * 512 + index, written `(t << 9) | index`: t < 2^22 keeps it inside int32):
+ * Memory layout. Tables live in a pool of parallel typed arrays, indexed by table number t
+ * (entry e = t * 512 + index, written `(t << 9) | index`: t < 2^22 keeps it inside int32). The
+ * pool is segmented: each array is cut into chunks of 1024 tables (t >>> 10 picks the chunk,
+ * t & 1023 the table in it; for an entry, e >>> 19 and e & 0x7ffff):
  *
  *   slot   Int32Array   4 B/entry  child table number (non-leaf), base pfn (leaf),
  *                                  or memslot generation (MMIO SPTE)
@@ -25,10 +27,16 @@
  * so a densely mapped 4 KiB page costs 5 bytes plus 1/512 of its parents. An empty entry's
  * slot is 0, and table 0 is an always-empty "zero table", so `lookup` follows pointers without
  * testing for presence at every level. Free tables form a list threaded through their first
- * slot. The pool grows by 1/8 of its size (at least 16 tables), which bounds the slack to
- * 12.5% — doubling would let a dense mapping cost ~10 B/page against a budget of 16 B for all
- * metadata per resident page — and the copying stays amortised O(1). When the last table is
- * freed the pool returns to its initial size.
+ * slot. The first chunk starts at 16 tables (41 KB), so a small MMU stays small, and grows by
+ * 1/8 of its size (at least 16 tables) up to 1024, copying itself each time (25 steps, 20 MB
+ * copied in all, once per MMU): the slack stays within 12.5%, where doubling would let a dense
+ * mapping cost ~10 B/page against a budget of 16 B for all metadata per resident page. Past it
+ * the pool grows a whole chunk (1024 tables, 2.6 MB) at a time and copies nothing: a 1 TiB
+ * guest's pool of ~1 GiB grows by appending chunks, where a single array was copied at every
+ * 1/8 growth step (39 % of that run's CPU). While the pool is one chunk (up to ~2 GiB
+ * of 4 KiB leaves), `lookup` reads the first chunk's arrays directly, as from one flat array;
+ * with more chunks it picks each level's chunk. When the last table is freed the pool returns
+ * to its initial size.
  *
  * Gfns reach 2^40, beyond int32: they are split as gfn = hi · 2^27 + lo, where lo holds the
  * indices of levels 3..1 and hi those of levels 5..4; bitwise operators touch only hi, lo and
@@ -94,6 +102,16 @@ const LEAF_FLAGS_MASK = SPTE_LEAF_FLAGS_MASK;
 const ENT = SPTE_ENT_PER_PAGE;
 /** Pages covered by one level-4 entry: 2^27, the split point between lo and hi. */
 const LO_SPAN = 2 ** 27;
+/** Tables per chunk of the pool: 2^CHUNK_SHIFT (the first chunk reaches it by growing). */
+const CHUNK_SHIFT = 10;
+const CHUNK_TABLES = 1 << CHUNK_SHIFT;
+const CHUNK_MASK = CHUNK_TABLES - 1;
+/** An entry's chunk is e >>> ENTRY_SHIFT, its index in the chunk e & ENTRY_MASK. */
+const ENTRY_SHIFT = CHUNK_SHIFT + 9;
+const ENTRY_MASK = (1 << ENTRY_SHIFT) - 1;
+/** Entries in a full chunk: the entries e < CHUNK_ENTRIES are the first chunk's. */
+const CHUNK_ENTRIES = CHUNK_TABLES * ENT;
+/** Tables in the first chunk of a new (or emptied) pool; also its smallest growth step. */
 const INITIAL_TABLES = 16;
 /**
  * Table 0 is never handed out and stays empty: an empty entry's slot is 0, so a walk that
@@ -168,11 +186,18 @@ export class TdpMmu {
   /** When the last `lookup` found an MMIO SPTE (lastFlags has SPTE_MMIO): its generation. Stale otherwise. */
   lastMmioGeneration = -1;
 
-  private slot: Int32Array;
-  private flags: Uint8Array;
-  private count: Uint16Array;
-  private tableLevel: Uint8Array;
-  private capacity: number;
+  // The pool's chunks (file comment): chunk c holds tables [c·1024, c·1024 + 1024).
+  private slotChunks: Int32Array[] = [];
+  private flagChunks: Uint8Array[] = [];
+  private countChunks: Uint16Array[] = [];
+  private levelChunks: Uint8Array[] = [];
+  /** The first chunk's slots and flags: `lookup` reads them directly while it is the only one. */
+  private slot0: Int32Array;
+  private flags0: Uint8Array;
+  private count0: Uint16Array;
+  private level0: Uint8Array;
+  /** Tables the chunks hold. */
+  private capacity = 0;
   /** Tables [1, highWater) have been handed out at least once since the last reset. */
   private highWater = 1;
   private freeHead = -1;
@@ -200,11 +225,15 @@ export class TdpMmu {
     );
     this.rootLevel = bits > 48 ? 5 : 4;
     this.gfnLimit = 2 ** (bits - 12);
+    this.slot0 = new Int32Array(INITIAL_TABLES * ENT);
+    this.flags0 = new Uint8Array(INITIAL_TABLES * ENT);
+    this.count0 = new Uint16Array(INITIAL_TABLES);
+    this.level0 = new Uint8Array(INITIAL_TABLES);
+    this.slotChunks.push(this.slot0);
+    this.flagChunks.push(this.flags0);
+    this.countChunks.push(this.count0);
+    this.levelChunks.push(this.level0);
     this.capacity = INITIAL_TABLES;
-    this.slot = new Int32Array(INITIAL_TABLES * ENT);
-    this.flags = new Uint8Array(INITIAL_TABLES * ENT);
-    this.count = new Uint16Array(INITIAL_TABLES);
-    this.tableLevel = new Uint8Array(INITIAL_TABLES);
   }
 
   /**
@@ -225,8 +254,10 @@ export class TdpMmu {
    */
   lookup(gfn: number): number {
     if (!(gfn >= 0 && gfn < this.gfnLimit)) return this.miss();
-    const flags = this.flags;
-    const slot = this.slot;
+    // The pool is one chunk: entry e = (t << 9) | index indexes `slot0`/`flags0`, loaded once.
+    if (this.capacity > CHUNK_TABLES) return this.lookupChunked(gfn);
+    const flags = this.flags0;
+    const slot = this.slot0;
     const hi = Math.floor(gfn / LO_SPAN);
     const lo = gfn - hi * LO_SPAN;
     // Reads are in bounds (t is a live table or the zero table, the index has 9 bits), so the
@@ -257,6 +288,54 @@ export class TdpMmu {
 
     e = (t << 9) | (lo & 511);
     f = flags[e] ?? 0;
+    this.lastFlags = f;
+    if ((f & PRESENT) !== 0) {
+      this.lastLevel = 1;
+      return slot[e] ?? 0;
+    }
+    if (f !== 0) {
+      this.lastLevel = 1;
+      this.lastMmioGeneration = slot[e] ?? 0;
+      return -1;
+    }
+    this.lastLevel = 0;
+    return -1;
+  }
+
+  /** `lookup` once the pool has more than one chunk: each level's table picks its chunk. */
+  private lookupChunked(gfn: number): number {
+    const sc = this.slotChunks;
+    const fc = this.flagChunks;
+    const hi = Math.floor(gfn / LO_SPAN);
+    const lo = gfn - hi * LO_SPAN;
+    // As in `lookup`; t is a live table or the zero table, so its chunk exists and `!` holds.
+    let t = this.root;
+    if (this.rootLevel === 5) t = sc[t >>> CHUNK_SHIFT]![((t & CHUNK_MASK) << 9) | (hi >>> 9)] ?? 0;
+    t = sc[t >>> CHUNK_SHIFT]![((t & CHUNK_MASK) << 9) | (hi & 511)] ?? 0;
+
+    let slot = sc[t >>> CHUNK_SHIFT]!; // t is live: its chunk exists
+    let e = ((t & CHUNK_MASK) << 9) | (lo >>> 18);
+    let f = fc[t >>> CHUNK_SHIFT]![e] ?? 0;
+    if ((f & LARGE) !== 0) {
+      this.lastLevel = 3;
+      this.lastFlags = f;
+      return (slot[e] ?? 0) + (lo & 0x3ffff);
+    }
+    t = slot[e] ?? 0;
+
+    slot = sc[t >>> CHUNK_SHIFT]!; // t is live: its chunk exists
+    e = ((t & CHUNK_MASK) << 9) | ((lo >>> 9) & 511);
+    f = fc[t >>> CHUNK_SHIFT]![e] ?? 0;
+    if ((f & LARGE) !== 0) {
+      this.lastLevel = 2;
+      this.lastFlags = f;
+      return (slot[e] ?? 0) + (lo & 511);
+    }
+    t = slot[e] ?? 0;
+
+    slot = sc[t >>> CHUNK_SHIFT]!; // t is live: its chunk exists
+    e = ((t & CHUNK_MASK) << 9) | (lo & 511);
+    f = fc[t >>> CHUNK_SHIFT]![e] ?? 0;
     this.lastFlags = f;
     if ((f & PRESENT) !== 0) {
       this.lastLevel = 1;
@@ -315,14 +394,14 @@ export class TdpMmu {
     try {
       const e = this.descend(base, level, onZap);
       const t = e >>> 9;
-      const f = this.flags[e] ?? 0;
+      const f = this.flagAt(e);
       if (f !== 0) {
-        if ((f & PRESENT) !== 0 && (level === 1 || (f & LARGE) !== 0) && this.slot[e] === pfn) {
+        if ((f & PRESENT) !== 0 && (level === 1 || (f & LARGE) !== 0) && this.slotAt(e) === pfn) {
           // The same leaf with new permissions: changed in place, as KVM does (no zap, so the
           // pfn stays mapped throughout); ACCESSED and DIRTY are kept so none is lost.
           const nf = leafFlags | (f & (ACCESSED | DIRTY));
           if ((f & ~nf) !== 0) this.touched = true;
-          this.flags[e] = nf;
+          this.setFlagAt(e, nf);
           return;
         }
         this.clearTarget(t, e, level, base, onZap);
@@ -351,9 +430,9 @@ export class TdpMmu {
     try {
       const e = this.descend(gfn, 1, onZap);
       const t = e >>> 9;
-      const f = this.flags[e] ?? 0;
+      const f = this.flagAt(e);
       if (f !== 0) {
-        if (f === MMIO && this.slot[e] === generation) return;
+        if (f === MMIO && this.slotAt(e) === generation) return;
         this.clearTarget(t, e, 1, gfn, onZap);
       }
       this.setEntry(t, e, generation, MMIO);
@@ -418,13 +497,13 @@ export class TdpMmu {
     }
     const e = this.findLeaf(gfn);
     if (e < 0) return false;
-    const f = this.flags[e] ?? 0;
+    const f = this.flagAt(e);
     const nf = (f | set) & ~clear;
     if (nf === f) return true;
     if ((nf & WRITABLE) !== 0 && (nf & HOST_WRITABLE) === 0) {
       bad(`TdpMmu.setLeafFlags: gfn 0x${gfn.toString(16)} would be WRITABLE without HOST_WRITABLE`);
     }
-    this.flags[e] = nf;
+    this.setFlagAt(e, nf);
     if ((f & ~nf) !== 0) this.gen++;
     return true;
   }
@@ -455,8 +534,8 @@ export class TdpMmu {
       leaves1g: this.n1g,
       mmio: this.nMmio,
       tables: this.nTables,
-      bytes:
-        this.slot.byteLength + this.flags.byteLength + this.count.byteLength + this.tableLevel.byteLength,
+      // Every chunk holds 16 tables of 512 × (4 + 1) bytes, plus 2 + 1 bytes per table.
+      bytes: this.capacity * (ENT * 5 + 3),
       zapped: this.nZapped,
     };
   }
@@ -471,8 +550,8 @@ export class TdpMmu {
     const seen = { tables: 0, l1: 0, l2: 0, l3: 0, mmio: 0 };
     if (this.root !== ZERO_TABLE) this.auditTable(this.root, this.rootLevel, seen);
     let free = 0;
-    for (let t = this.freeHead; t >= 0; t = this.slot[t << 9] ?? -1) {
-      assertInvariant(this.tableLevel[t] === 0, `TdpMmu.audit: free table ${t} has a level`);
+    for (let t = this.freeHead; t >= 0; t = this.slotAt(t << 9)) {
+      assertInvariant(this.levelOf(t) === 0, `TdpMmu.audit: free table ${t} has a level`);
       assertInvariant(++free <= this.highWater, 'TdpMmu.audit: the free list is cyclic');
     }
     const want = `tables ${seen.tables} 4k ${seen.l1} 2m ${seen.l2} 1g ${seen.l3} mmio ${seen.mmio}`;
@@ -513,9 +592,9 @@ export class TdpMmu {
     let t = this.root;
     for (let l = this.rootLevel; l > level; l--) {
       const e = (t << 9) | splitIndex(hi, lo, l);
-      const f = this.flags[e] ?? 0;
+      const f = this.flagAt(e);
       if (f !== 0 && (f & LARGE) === 0) {
-        t = this.slot[e] ?? 0;
+        t = this.slotAt(e);
         continue;
       }
       if (f !== 0) {
@@ -537,7 +616,7 @@ export class TdpMmu {
     base: number,
     onZap: ZapCallback | undefined,
   ): void {
-    const f = this.flags[e] ?? 0;
+    const f = this.flagAt(e);
     if ((f & PRESENT) === 0) {
       this.clearEntry(t, e);
       this.nMmio--;
@@ -546,7 +625,7 @@ export class TdpMmu {
       this.removeLeaf(t, e, level, base, onZap);
     } else {
       // A table under the new huge leaf: zap its whole subtree (`handle_removed_pt`).
-      const child = this.slot[e] ?? 0;
+      const child = this.slotAt(e);
       this.zapTable(child, level - 1, base, base, base + entrySpan(level), 1, onZap);
       this.freeTable(child);
       this.clearEntry(t, e);
@@ -570,10 +649,11 @@ export class TdpMmu {
     const span = entrySpan(level);
     const i0 = start > base ? Math.floor((start - base) / span) : 0;
     const i1 = Math.min(ENT, Math.ceil((end - base) / span));
+    const flags = this.flagChunks[t >>> CHUNK_SHIFT]!; // t is live: its chunk exists
     let n = 0;
     for (let i = i0; i < i1; i++) {
       const e = (t << 9) | i;
-      const f = this.flags[e] ?? 0;
+      const f = flags[i | ((t & CHUNK_MASK) << 9)] ?? 0;
       if (f === 0) continue;
       if ((f & PRESENT) === 0) {
         // MMIO SPTE (level 1 only).
@@ -587,9 +667,9 @@ export class TdpMmu {
         this.removeLeaf(t, e, level, base + i * span, onZap);
         n++;
       } else if (level - 1 >= minLevel) {
-        const child = this.slot[e] ?? 0;
+        const child = this.slotAt(e);
         n += this.zapTable(child, level - 1, base + i * span, start, end, minLevel, onZap);
-        if (this.count[child] === 0) {
+        if (this.countOf(child) === 0) {
           this.freeTable(child);
           this.clearEntry(t, e);
         }
@@ -606,7 +686,7 @@ export class TdpMmu {
     this.walking = onZap !== undefined;
     try {
       const n = this.zapTable(this.root, this.rootLevel, 0, lo, hi, minLevel, onZap);
-      if (this.count[this.root] === 0) {
+      if (this.countOf(this.root) === 0) {
         const root = this.root;
         this.root = ZERO_TABLE;
         this.freeTable(root);
@@ -619,7 +699,7 @@ export class TdpMmu {
 
   /** Remove the present leaf at entry e, telling onZap first. */
   private removeLeaf(t: number, e: number, level: number, gfn: number, onZap: ZapCallback | undefined): void {
-    if (onZap !== undefined) onZap(gfn, level, this.slot[e] ?? 0, this.flags[e] ?? 0);
+    if (onZap !== undefined) onZap(gfn, level, this.slotAt(e), this.flagAt(e));
     this.clearEntry(t, e);
     if (level === 1) this.n4k--;
     else if (level === 2) this.n2m--;
@@ -632,10 +712,12 @@ export class TdpMmu {
     const span = entrySpan(level);
     const i0 = start > base ? Math.floor((start - base) / span) : 0;
     const i1 = Math.min(ENT, Math.ceil((end - base) / span));
-    const flags = this.flags;
+    const flags = this.flagChunks[t >>> CHUNK_SHIFT]!; // t is live: its chunk exists
+    const slot = this.slotChunks[t >>> CHUNK_SHIFT]!;
+    const t0 = (t & CHUNK_MASK) << 9;
     let n = 0;
     for (let i = i0; i < i1; i++) {
-      const e = (t << 9) | i;
+      const e = t0 | i;
       const f = flags[e] ?? 0;
       if ((f & PRESENT) === 0) continue;
       if (level === 1 || (f & LARGE) !== 0) {
@@ -645,7 +727,7 @@ export class TdpMmu {
           this.touched = true;
         }
       } else {
-        n += this.wrprotTable(this.slot[e] ?? 0, level - 1, base + i * span, start, end);
+        n += this.wrprotTable(slot[e] ?? 0, level - 1, base + i * span, start, end);
       }
     }
     return n;
@@ -662,14 +744,16 @@ export class TdpMmu {
     const span = entrySpan(level);
     const i0 = start > base ? Math.floor((start - base) / span) : 0;
     const i1 = Math.min(ENT, Math.ceil((end - base) / span));
+    const flags = this.flagChunks[t >>> CHUNK_SHIFT]!; // t is live: its chunk exists
+    const slot = this.slotChunks[t >>> CHUNK_SHIFT]!;
+    const t0 = (t & CHUNK_MASK) << 9;
     for (let i = i0; i < i1; i++) {
-      const e = (t << 9) | i;
-      const f = this.flags[e] ?? 0;
+      const f = flags[t0 | i] ?? 0;
       if ((f & PRESENT) === 0) continue;
       if (level === 1 || (f & LARGE) !== 0) {
-        cb(base + i * span, level, this.slot[e] ?? 0, f);
+        cb(base + i * span, level, slot[t0 | i] ?? 0, f);
       } else {
-        this.walkTable(this.slot[e] ?? 0, level - 1, base + i * span, start, end, cb);
+        this.walkTable(slot[t0 | i] ?? 0, level - 1, base + i * span, start, end, cb);
       }
     }
   }
@@ -680,10 +764,10 @@ export class TdpMmu {
     let t = this.root;
     for (let l: number = this.rootLevel; l >= 1; l--) {
       const e = (t << 9) | indexAt(gfn, l);
-      const f = this.flags[e] ?? 0;
+      const f = this.flagAt(e);
       if ((f & PRESENT) === 0) return -1;
       if (l === 1 || (f & LARGE) !== 0) return e;
-      t = this.slot[e] ?? 0;
+      t = this.slotAt(e);
     }
     return -1;
   }
@@ -695,13 +779,13 @@ export class TdpMmu {
   ): void {
     seen.tables++;
     assertInvariant(
-      this.tableLevel[t] === level,
-      `TdpMmu.audit: table ${t} is level ${this.tableLevel[t]}, reached at ${level}`,
+      this.levelOf(t) === level,
+      `TdpMmu.audit: table ${t} is level ${this.levelOf(t)}, reached at ${level}`,
     );
     let used = 0;
     for (let i = 0; i < ENT; i++) {
       const e = (t << 9) | i;
-      const f = this.flags[e] ?? 0;
+      const f = this.flagAt(e);
       if (f === 0) continue;
       used++;
       const where = `table ${t} (level ${level}) entry ${i}`;
@@ -726,68 +810,147 @@ export class TdpMmu {
         else seen.l3++;
       } else {
         assertInvariant(f === PRESENT, `TdpMmu.audit: ${where}: table pointer flags 0x${f.toString(16)}`);
-        this.auditTable(this.slot[e] ?? 0, level - 1, seen);
+        this.auditTable(this.slotAt(e), level - 1, seen);
       }
     }
     assertInvariant(used > 0, `TdpMmu.audit: table ${t} (level ${level}) is empty but allocated`);
     assertInvariant(
-      this.count[t] === used,
-      `TdpMmu.audit: table ${t} counts ${this.count[t]} entries, holds ${used}`,
+      this.countOf(t) === used,
+      `TdpMmu.audit: table ${t} counts ${this.countOf(t)} entries, holds ${used}`,
     );
   }
 
+  // Entry and table accessors, written out without calls between them (they run once per map
+  // and per zapped leaf). The first chunk is read through its own fields, with no chunk-array
+  // load, as the whole pool was before it was segmented; an entry e in it is its own index there.
+
+  /** Flags of pool entry e = (t << 9) | index. */
+  private flagAt(e: number): number {
+    if (e < CHUNK_ENTRIES) return this.flags0[e] ?? 0;
+    return this.flagChunks[e >>> ENTRY_SHIFT]![e & ENTRY_MASK] ?? 0; // e is in the pool: its chunk exists
+  }
+
+  /** Slot of pool entry e = (t << 9) | index. */
+  private slotAt(e: number): number {
+    if (e < CHUNK_ENTRIES) return this.slot0[e] ?? 0;
+    return this.slotChunks[e >>> ENTRY_SHIFT]![e & ENTRY_MASK] ?? 0; // e is in the pool: its chunk exists
+  }
+
+  private setFlagAt(e: number, f: number): void {
+    if (e < CHUNK_ENTRIES) this.flags0[e] = f;
+    else this.flagChunks[e >>> ENTRY_SHIFT]![e & ENTRY_MASK] = f; // e is in the pool: its chunk exists
+  }
+
+  private setSlotAt(e: number, value: number): void {
+    if (e < CHUNK_ENTRIES) this.slot0[e] = value;
+    else this.slotChunks[e >>> ENTRY_SHIFT]![e & ENTRY_MASK] = value; // e is in the pool: its chunk exists
+  }
+
+  /** The count array of table t's chunk. */
+  private countsOf(t: number): Uint16Array {
+    return t < CHUNK_TABLES ? this.count0 : this.countChunks[t >>> CHUNK_SHIFT]!; // t is in the pool: its chunk exists
+  }
+
+  /** Non-empty entries of table t. */
+  private countOf(t: number): number {
+    return this.countsOf(t)[t & CHUNK_MASK] ?? 0;
+  }
+
+  /** Level of table t, 0 while it is free. */
+  private levelOf(t: number): number {
+    if (t < CHUNK_TABLES) return this.level0[t] ?? 0;
+    return this.levelChunks[t >>> CHUNK_SHIFT]![t & CHUNK_MASK] ?? 0; // t is in the pool: its chunk exists
+  }
+
+  private setLevel(t: number, level: number): void {
+    if (t < CHUNK_TABLES) this.level0[t] = level;
+    else this.levelChunks[t >>> CHUNK_SHIFT]![t & CHUNK_MASK] = level; // t is in the pool: its chunk exists
+  }
+
   private setEntry(t: number, e: number, value: number, f: number): void {
-    if (this.flags[e] === 0) this.count[t] = (this.count[t] ?? 0) + 1;
-    this.flags[e] = f;
-    this.slot[e] = value;
+    const first = e < CHUNK_ENTRIES;
+    const flags = first ? this.flags0 : this.flagChunks[e >>> ENTRY_SHIFT]!; // e is in the pool: its chunk exists
+    const slots = first ? this.slot0 : this.slotChunks[e >>> ENTRY_SHIFT]!; // same chunk
+    const i = e & ENTRY_MASK;
+    if (flags[i] === 0) {
+      const counts = t < CHUNK_TABLES ? this.count0 : this.countChunks[t >>> CHUNK_SHIFT]!; // t's chunk exists
+      const j = t & CHUNK_MASK;
+      counts[j] = (counts[j] ?? 0) + 1;
+    }
+    flags[i] = f;
+    slots[i] = value;
   }
 
   private clearEntry(t: number, e: number): void {
-    this.flags[e] = 0;
-    this.slot[e] = 0;
-    this.count[t] = (this.count[t] ?? 0) - 1;
+    const first = e < CHUNK_ENTRIES;
+    const i = e & ENTRY_MASK;
+    (first ? this.flags0 : this.flagChunks[e >>> ENTRY_SHIFT]!)[i] = 0; // e is in the pool: its chunk exists
+    (first ? this.slot0 : this.slotChunks[e >>> ENTRY_SHIFT]!)[i] = 0; // same chunk
+    const counts = t < CHUNK_TABLES ? this.count0 : this.countChunks[t >>> CHUNK_SHIFT]!; // t's chunk exists
+    const j = t & CHUNK_MASK;
+    counts[j] = (counts[j] ?? 0) - 1;
   }
 
   private allocTable(level: number): number {
     let t = this.freeHead;
     if (t >= 0) {
-      this.freeHead = this.slot[t << 9] ?? -1;
-      this.slot[t << 9] = 0;
+      this.freeHead = this.slotAt(t << 9);
+      this.setSlotAt(t << 9, 0);
     } else {
       if (this.highWater === this.capacity) this.grow();
       t = this.highWater++;
     }
-    this.tableLevel[t] = level;
-    this.count[t] = 0;
+    this.setLevel(t, level);
+    this.countsOf(t)[t & CHUNK_MASK] = 0;
     this.nTables++;
     return t;
   }
 
   /** Return an empty table to the free list; the last one resets the pool. */
   private freeTable(t: number): void {
-    if (this.count[t] !== 0) bad(`TdpMmu: freeing table ${t} with ${this.count[t]} entries`);
-    this.tableLevel[t] = 0;
-    this.slot[t << 9] = this.freeHead;
+    if (this.countOf(t) !== 0) bad(`TdpMmu: freeing table ${t} with ${this.countOf(t)} entries`);
+    this.setLevel(t, 0);
+    this.setSlotAt(t << 9, this.freeHead);
     this.freeHead = t;
     if (--this.nTables === 0) this.resetPool();
   }
 
+  /**
+   * Grow the pool: the first chunk by 1/8 (at least 16 tables) up to 1024 tables, copying it;
+   * past that by a new chunk of 1024 tables, copying nothing.
+   */
   private grow(): void {
-    const cap = Math.min(MAX_TABLES, this.capacity + Math.max(INITIAL_TABLES, this.capacity >>> 3));
-    assertInvariant(cap > this.capacity, `TdpMmu: more than ${MAX_TABLES} tables`);
-    const slot = new Int32Array(cap * ENT);
-    slot.set(this.slot);
-    const flags = new Uint8Array(cap * ENT);
-    flags.set(this.flags);
-    const count = new Uint16Array(cap);
-    count.set(this.count);
-    const tableLevel = new Uint8Array(cap);
-    tableLevel.set(this.tableLevel);
-    this.slot = slot;
-    this.flags = flags;
-    this.count = count;
-    this.tableLevel = tableLevel;
-    this.capacity = cap;
+    assertInvariant(this.capacity < MAX_TABLES, `TdpMmu: more than ${MAX_TABLES} tables`);
+    if (this.capacity < CHUNK_TABLES) {
+      const cap = Math.min(CHUNK_TABLES, this.capacity + Math.max(INITIAL_TABLES, this.capacity >>> 3));
+      const slot = new Int32Array(cap * ENT);
+      slot.set(this.slot0);
+      const flags = new Uint8Array(cap * ENT);
+      flags.set(this.flags0);
+      const count = new Uint16Array(cap);
+      count.set(this.count0);
+      const level = new Uint8Array(cap);
+      level.set(this.level0);
+      this.setFirstChunk(slot, flags, count, level);
+      this.capacity = cap;
+      return;
+    }
+    this.slotChunks.push(new Int32Array(CHUNK_TABLES * ENT));
+    this.flagChunks.push(new Uint8Array(CHUNK_TABLES * ENT));
+    this.countChunks.push(new Uint16Array(CHUNK_TABLES));
+    this.levelChunks.push(new Uint8Array(CHUNK_TABLES));
+    this.capacity += CHUNK_TABLES;
+  }
+
+  private setFirstChunk(slot: Int32Array, flags: Uint8Array, count: Uint16Array, level: Uint8Array): void {
+    this.slot0 = slot;
+    this.flags0 = flags;
+    this.count0 = count;
+    this.level0 = level;
+    this.slotChunks[0] = slot;
+    this.flagChunks[0] = flags;
+    this.countChunks[0] = count;
+    this.levelChunks[0] = level;
   }
 
   /** No table is in use: forget the free list and give memory back beyond the initial size. */
@@ -795,13 +958,20 @@ export class TdpMmu {
     this.freeHead = -1;
     this.highWater = 1;
     if (this.capacity > INITIAL_TABLES) {
+      this.slotChunks.length = 1;
+      this.flagChunks.length = 1;
+      this.countChunks.length = 1;
+      this.levelChunks.length = 1;
+      this.setFirstChunk(
+        new Int32Array(INITIAL_TABLES * ENT),
+        new Uint8Array(INITIAL_TABLES * ENT),
+        new Uint16Array(INITIAL_TABLES),
+        new Uint8Array(INITIAL_TABLES),
+      );
       this.capacity = INITIAL_TABLES;
-      this.slot = new Int32Array(INITIAL_TABLES * ENT);
-      this.flags = new Uint8Array(INITIAL_TABLES * ENT);
-      this.count = new Uint16Array(INITIAL_TABLES);
-      this.tableLevel = new Uint8Array(INITIAL_TABLES);
     } else {
-      this.slot.fill(0);
+      // Free tables keep the free list in their first slot; everything else is already 0.
+      this.slot0.fill(0);
     }
   }
 }

@@ -100,6 +100,8 @@ function splitU64(v: bigint): [number, number] {
 }
 
 function setAddr(i: Insn, a: Addr, second = false): void {
+  // The effective address is formed from it in 64-bit integer arithmetic (vcpu.ts `ea`).
+  if (!Number.isInteger(a.disp)) throw new TypeError(`displacement ${a.disp} is not an integer`);
   const base = a.base === undefined ? -1 : regIndex(a.base);
   if (second) {
     i.base2 = base;

@@ -193,6 +193,106 @@ describe('JIT vs interpreter', () => {
     );
   });
 
+  it('RO-2, §3 row 4, MR-16: gpas past kvm_mmu_max_gfn() and base + disp wrapping modulo 2^64 give the same exits', () => {
+    /** Bases near 0, near 2^64 (so a displacement wraps either way), past 2^48 and at 2^63. */
+    const wildBase = fc.constantFrom(
+      0n,
+      8n,
+      0x10ff8n,
+      2n ** 64n - 8n,
+      2n ** 64n - 4096n,
+      2n ** 48n - 8n,
+      2n ** 63n,
+    );
+    const wildDisp = fc.oneof(
+      fc.integer({ min: -64, max: 64 }),
+      fc.constantFrom(-(2 ** 40), 2 ** 48, 2 ** 52 + 0x123, 2 ** 60, 2 ** 64),
+    );
+    const wildAccess: fc.Arbitrary<Op> = fc.oneof(
+      fc.record({
+        op: fc.constant('load' as const),
+        size,
+        dst: fc.constantFrom('r8', 'r11') as fc.Arbitrary<Reg>,
+        addr: wildDisp.map((disp) => ({ base: 'r9' as const, disp })),
+      }),
+      fc.record({
+        op: fc.constant('store' as const),
+        size,
+        addr: wildDisp.map((disp) => ({ base: 'r9' as const, disp })),
+        src: fc.constant('r11' as Reg),
+      }),
+      fc.record({
+        op: fc.constant('fill' as const),
+        addr: wildDisp.map((disp) => ({ base: 'r9' as const, disp })),
+        len: fc.nat({ max: 12 }),
+        byte: fc.nat({ max: 255 }),
+      }),
+      fc.record({
+        op: fc.constant('load' as const),
+        size,
+        dst: reg,
+        addr: wildDisp.map((disp) => ({ disp })),
+      }),
+    );
+    const wildProgram: fc.Arbitrary<Program> = fc
+      .array(
+        fc.tuple(
+          wildBase,
+          fc.array(wildAccess, { minLength: 1, maxLength: 4 }),
+          fc.integer({ min: 1, max: 40 }),
+          fc.constantFrom(-8, 8, 4096),
+        ),
+        { minLength: 1, maxLength: 4 },
+      )
+      .map((parts) => ({
+        ops: [
+          ...parts.flatMap(
+            ([base, body, n, stride]) =>
+              [
+                { op: 'mov', dst: 'r9', imm: base },
+                {
+                  op: 'loop',
+                  counter: 'r10',
+                  count: n,
+                  body: [...body, { op: 'add', dst: 'r9', imm: stride }],
+                },
+              ] as Op[],
+          ),
+          { op: 'halt' as const },
+        ],
+      }));
+    fc.assert(
+      fc.property(wildProgram, (p) => {
+        const a = runOn(p, false);
+        expect(runOn(p, true)).toEqual(a);
+        expectNoLeaks();
+      }),
+      { numRuns: 60 },
+    );
+    // One fixed case, checked against the expected exits: a walk down from gpa 8 by 8 reads RAM
+    // at 8 and 0, then MMIO at 2^64 - 8 (phys_addr as the host binding's Number(u64)).
+    const walk: Program = {
+      ops: [
+        { op: 'mov', dst: 'r9', imm: 8n },
+        {
+          op: 'loop',
+          counter: 'r10',
+          count: 3,
+          body: [
+            { op: 'load', size: 8, dst: 'r8', addr: { base: 'r9', disp: 0 } },
+            { op: 'add', dst: 'r9', imm: -8 },
+          ],
+        },
+        { op: 'halt' },
+      ],
+    };
+    for (const jit of [false, true]) {
+      const { exits } = runOn(walk, jit);
+      expect(exits[0]).toBe(`0:KVM_EXIT_MMIO:${Number(2n ** 64n - 8n)}/8/false/0,0,0,0,0,0,0,0`);
+      expect(exits[1]).toBe('0:KVM_EXIT_HLT:');
+    }
+  });
+
   it('the JIT is actually used: a hot loop runs without interpreter steps', () => {
     const t = vmWithRam(0, MiB);
     const v = t.vm.createVcpu(0) as KvmVcpu;

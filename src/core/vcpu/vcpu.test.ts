@@ -188,6 +188,67 @@ describe('MMIO exits (RO-1..RO-3)', () => {
     v.close();
   });
 
+  it('RO-2, §3 row 4, MR-16: accesses above kvm_mmu_max_gfn() exit as MMIO without an MMIO SPTE (kvm_handle_noslot_fault)', () => {
+    const t = vmWithRam(0, MiB); // host MAXPHYADDR 48
+    const v = vcpuWith(
+      t,
+      program((b) =>
+        b
+          .load(4, 'r8', 2 ** 48)
+          .storeImm(2, 2 ** 52 + 0x123, 0x1234)
+          .fill(2 ** 60, 2, 0xab)
+          .load(1, 'r10', 2 ** 48 - PAGE)
+          .halt(),
+      ),
+    );
+    let r = v.run();
+    expect(r).toMatchObject({ ret: 0, exitReasonName: 'KVM_EXIT_MMIO', mmio: { physAddr: 2 ** 48, len: 4 } });
+    v.kvmRun.mmio.data.set([1, 2, 3, 4]);
+    r = v.run();
+    expect(r.mmio).toMatchObject({ physAddr: 2 ** 52 + 0x123, len: 2, isWrite: true });
+    expect([...(r.mmio?.data.subarray(0, 2) ?? [])]).toEqual([0x34, 0x12]);
+    for (const physAddr of [2 ** 60, 2 ** 60 + 1]) {
+      expect(v.run().mmio).toMatchObject({ physAddr, len: 1, isWrite: true });
+    }
+    expect(t.vm.kvm.mmu[0]?.stats().mmio).toBe(0);
+    // The last page below 2^48 is an ordinary MMIO hole: its SPTE is cached.
+    expect(v.run().mmio).toMatchObject({ physAddr: 2 ** 48 - PAGE, len: 1 });
+    expect(t.vm.kvm.mmu[0]?.stats().mmio).toBe(1);
+    expect(v.run().exitReasonName).toBe('KVM_EXIT_HLT');
+    expect(v.getRegs().r8).toBe(0x04030201n);
+    v.close();
+  });
+
+  it('RO-2, §3 row 4: base + disp wraps modulo 2^64 — below 0 is MMIO at 2^64 - n, past 2^64 is RAM again', () => {
+    const t = vmWithRam(0, MiB);
+    const v = vcpuWith(
+      t,
+      program((b) =>
+        b
+          .storeImm(8, 0, 0x44332211)
+          .mov('r9', 0)
+          .load(8, 'r8', { base: 'r9', disp: -4 }) // bytes 2^64-4..2^64-1 (MMIO), then 0..3 (RAM)
+          .mov('r12', 2n ** 64n - 8n)
+          .load(4, 'r11', { base: 'r12', disp: 8 }) // (2^64 - 8) + 8 = gpa 0
+          .store(1, { base: 'r12', disp: 0 }, 'r11') // 2^64 - 8: MMIO
+          .halt(),
+      ),
+    );
+    let r = v.run();
+    // phys_addr is a u64; the number is the host binding's Number(u64), rounded above 2^53.
+    expect(r).toMatchObject({ ret: 0, exitReasonName: 'KVM_EXIT_MMIO', mmio: { len: 4, isWrite: false } });
+    expect(r.mmio?.physAddr).toBe(Number(2n ** 64n - 4n));
+    v.kvmRun.mmio.data.set([0xa1, 0xa2, 0xa3, 0xa4]);
+    r = v.run();
+    expect(r.mmio).toMatchObject({ len: 1, isWrite: true });
+    expect(r.mmio?.physAddr).toBe(Number(2n ** 64n - 8n));
+    expect(r.mmio?.data[0]).toBe(0x11);
+    expect(v.run().exitReasonName).toBe('KVM_EXIT_HLT');
+    expect(v.getRegs()).toMatchObject({ r8: 0x44332211a4a3a2a1n, r11: 0x44332211n });
+    expect(t.vm.kvm.mmu[0]?.stats().mmio).toBe(0);
+    v.close();
+  });
+
   it('RO-1: READONLY slots read like RAM; writes exit as MMIO with the data and change nothing', () => {
     const t = vmWithRam(0, MiB);
     const [, hva] = memfdMapping(t.host, 2 * PAGE);

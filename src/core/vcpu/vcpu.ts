@@ -90,6 +90,10 @@ const PAGE = 4096;
 const TLB_SIZE = 1024;
 const TLB_MASK = TLB_SIZE - 1;
 const TWO32 = 4294967296;
+const TWO53 = 2 ** 53;
+
+/** gpa's offset in its page; a negative gpa (≥ 2^63 as a u64, see `ea`) counts from its page's start too. */
+const pageOffset = (gpa: number): number => gpa - Math.floor(gpa / PAGE) * PAGE;
 /** What an empty TLB entry points at (no frame). */
 const NO_DATA = new Uint8Array(0);
 const NO_VIEW = new DataView(NO_DATA.buffer);
@@ -160,6 +164,8 @@ export class KvmVcpu implements VcpuApi {
   private exit: ExitState = emptyExit();
   /** The exit that the next KVM_RUN completes. */
   private pendingExit: 'mmio-read' | 'mmio-write' | 'io' | 'hypercall' | null = null;
+  /** The gpa of the pending MMIO exit in the model's form (`ea`), which phys_addr may round. */
+  private pendingGpa = 0;
   private fragments: Fragment[] = [];
   /** Progress of a rep string operation (bytes done). */
   private repDone = 0;
@@ -214,6 +220,20 @@ export class KvmVcpu implements VcpuApi {
 
   private regVal(r: number): number {
     return (this.regs[2 * r + 1] as number) * TWO32 + (this.regs[2 * r] as number);
+  }
+  /**
+   * The effective address base + disp of an access as the CPU forms it: a u64, the sum modulo
+   * 2^64. The model holds a gpa as a number: the u64 itself below 2^63, u64 − 2^64 (negative)
+   * from 2^63 up. Addresses within 2^53 of 0 or of 2^64 are thus exact — `disp` −16 off a zero
+   * base is the gpa 2^64 − 16, as (u64)−16 is — and only those in between, above any
+   * MAXPHYADDR, are rounded to a double. The fast paths add `regVal` and disp directly, which is
+   * the same for every address a TLB entry can hold; the slow paths take this.
+   */
+  private ea(base: number, disp: number): number {
+    const v = base < 0 ? disp : this.regVal(base) + disp;
+    if (v > -TWO53 && v < TWO53 && (base < 0 || (this.regs[2 * base + 1] as number) < TWO53 / TWO32))
+      return v;
+    return Number(BigInt.asIntN(64, (base < 0 ? 0n : this.regBig(base)) + BigInt(disp)));
   }
   private setReg(r: number, lo: number, hi: number): void {
     this.regs[2 * r] = lo;
@@ -346,7 +366,7 @@ export class KvmVcpu implements VcpuApi {
     if (p === 'mmio-read' || p === 'mmio-write') {
       const m = this.exit.mmio as NonNullable<ExitState['mmio']>; // set with the pending exit
       this.fragments.push({
-        gpa: m.physAddr,
+        gpa: this.pendingGpa,
         len: m.len,
         isWrite: m.isWrite,
         data: this.kvmRun.mmio.data.slice(0, m.len),
@@ -462,10 +482,11 @@ export class KvmVcpu implements VcpuApi {
               this.stats.tlbHits++;
               break;
             }
-            r = this.slowRead(gpa, insn.size, insn.dst, true);
+            const a = this.ea(insn.base, insn.disp);
+            r = this.slowRead(a, insn.size, insn.dst, a === gpa);
             break;
           }
-          r = this.slowRead(gpa, insn.size, insn.dst);
+          r = this.slowRead(this.ea(insn.base, insn.disp), insn.size, insn.dst);
           break;
         }
         case K_STORE:
@@ -483,10 +504,11 @@ export class KvmVcpu implements VcpuApi {
               this.stats.tlbHits++;
               break;
             }
-            r = this.slowWrite(gpa, insn.size, lo, hi, true);
+            const a = this.ea(insn.base, insn.disp);
+            r = this.slowWrite(a, insn.size, lo, hi, a === gpa);
             break;
           }
-          r = this.slowWrite(gpa, insn.size, lo, hi);
+          r = this.slowWrite(this.ea(insn.base, insn.disp), insn.size, lo, hi);
           break;
         }
         case K_FILL:
@@ -496,8 +518,7 @@ export class KvmVcpu implements VcpuApi {
           r = this.repCopy(insn);
           break;
         case K_CMP: {
-          const gpa = insn.base < 0 ? insn.disp : this.regVal(insn.base) + insn.disp;
-          r = this.slowRead(gpa, insn.size, REG_RBX);
+          r = this.slowRead(this.ea(insn.base, insn.disp), insn.size, REG_RBX);
           if (r === OK && (regs[2 * REG_RBX] !== insn.immLo || regs[2 * REG_RBX + 1] !== maskHi(insn))) {
             return this.ioExit(REPORT_PORT, insn.tag);
           }
@@ -751,7 +772,11 @@ export class KvmVcpu implements VcpuApi {
     this.exit.reason = KVM_EXIT_MMIO;
     const d = new Uint8Array(8);
     if (isWrite) d.set(data.subarray(0, len));
-    this.exit.mmio = { physAddr: gpa, data: d, len, isWrite };
+    // kvm_run.mmio.phys_addr is a u64: a negative gpa is 2^64 + gpa (see `ea`), given as a
+    // number the way the host binding gives it (Number of the u64: rounded above 2^53).
+    const physAddr = gpa < 0 ? Number(BigInt.asUintN(64, BigInt(gpa))) : gpa;
+    this.exit.mmio = { physAddr, data: d, len, isWrite };
+    this.pendingGpa = gpa;
     this.kvmRun.mmio.data.set(d);
     this.pendingExit = isWrite ? 'mmio-write' : 'mmio-read';
     this.vm.stats.mmioExits++;
@@ -761,22 +786,17 @@ export class KvmVcpu implements VcpuApi {
   /** Reads `size` bytes at gpa into register `dst` (zero-extended), fragment by fragment. */
   private slowRead(gpa: number, size: number, dst: number, probed = false): number {
     const bytes = this.scratch;
-    if ((gpa % PAGE) + size <= PAGE && this.fragments.length === 0) {
+    const inPage = pageOffset(gpa);
+    if (inPage + size <= PAGE && this.fragments.length === 0) {
       // One page, nothing completed yet: translate (fault) and read in place.
       const r = this.translate(gpa, false, false, probed);
       if (r === EXIT) return this.mmioExit(gpa, size, false, bytes);
       if (r !== OK) return r;
       const t = this.tlbSlot;
-      readValue(
-        this.regs,
-        2 * dst,
-        this.tlbView[t] as DataView,
-        (this.tlbOff[t] as number) + (gpa % PAGE),
-        size,
-      );
+      readValue(this.regs, 2 * dst, this.tlbView[t] as DataView, (this.tlbOff[t] as number) + inPage, size);
       return OK;
     }
-    const first = Math.min(size, PAGE - (gpa % PAGE));
+    const first = Math.min(size, PAGE - inPage);
     let r = this.readFragment(gpa, first, bytes, 0);
     if (r !== OK) return r;
     if (first < size) {
@@ -813,16 +833,17 @@ export class KvmVcpu implements VcpuApi {
   private slowWrite(gpa: number, size: number, lo: number, hi: number, probed = false): number {
     const bytes = this.scratch;
     for (let i = 0; i < size; i++) bytes[i] = i < 4 ? (lo >>> (8 * i)) & 0xff : (hi >>> (8 * (i - 4))) & 0xff;
-    if ((gpa % PAGE) + size <= PAGE && this.fragments.length === 0) {
+    const inPage = pageOffset(gpa);
+    if (inPage + size <= PAGE && this.fragments.length === 0) {
       // One page, nothing completed yet: translate (fault) and write in place.
       const r = this.translate(gpa, true, false, probed);
       if (r === EXIT) return this.mmioExit(gpa, size, true, bytes);
       if (r !== OK) return r;
       const t = this.tlbSlot;
-      writeValue(this.tlbView[t] as DataView, (this.tlbOff[t] as number) + (gpa % PAGE), size, lo, hi);
+      writeValue(this.tlbView[t] as DataView, (this.tlbOff[t] as number) + inPage, size, lo, hi);
       return OK;
     }
-    const first = Math.min(size, PAGE - (gpa % PAGE));
+    const first = Math.min(size, PAGE - inPage);
     let r = this.writeFragment(gpa, first, bytes.subarray(0, first));
     if (r !== OK) return r;
     if (first < size) {
@@ -881,7 +902,7 @@ export class KvmVcpu implements VcpuApi {
    * section buffer take one `fill`; MMIO bytes one exit each.
    */
   private repFill(insn: Insn): number {
-    const start = insn.base < 0 ? insn.disp : this.regVal(insn.base) + insn.disp;
+    const start = this.ea(insn.base, insn.disp);
     while (this.repDone < insn.len) {
       const gpa = start + this.repDone;
       const r = this.translate(gpa, true);
@@ -911,8 +932,8 @@ export class KvmVcpu implements VcpuApi {
    * goes a byte at a time.
    */
   private repCopy(insn: Insn): number {
-    const dst = insn.base < 0 ? insn.disp : this.regVal(insn.base) + insn.disp;
-    const src = insn.base2 < 0 ? insn.disp2 : this.regVal(insn.base2) + insn.disp2;
+    const dst = this.ea(insn.base, insn.disp);
+    const src = this.ea(insn.base2, insn.disp2);
     while (this.repDone < insn.len) {
       const s = src + this.repDone;
       const d = dst + this.repDone;
