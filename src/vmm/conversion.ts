@@ -135,9 +135,9 @@ export function decodeMapGpaRangeAttrs(
   return { toPrivate: (attrs & KVM_MAP_GPA_RANGE_ENCRYPTED) !== 0, alignment };
 }
 
-/** The VMM's conversion handler; see the file comment. */
-export class ConversionHandler {
-  readonly stats: ConversionStats = {
+/** Counters of a handler that has converted nothing (also a skipped run's report). */
+export function emptyConversionStats(): ConversionStats {
+  return {
     toPrivate: 0,
     toShared: 0,
     pagesToPrivate: 0,
@@ -149,6 +149,11 @@ export class ConversionHandler {
     privatePunchedBytes: 0,
     privatePopulatedBytes: 0,
   };
+}
+
+/** The VMM's conversion handler; see the file comment. */
+export class ConversionHandler {
+  readonly stats: ConversionStats = emptyConversionStats();
   /** Every step taken, in order (the first 10 000). */
   readonly steps: ConversionStep[] = [];
   readonly failures: ConversionFailure[] = [];

@@ -16,7 +16,7 @@ import { pairingOf } from '../core/kvm/memfd_private.js';
 import { ShmemInode } from '../core/mm/shmem.js';
 import { KvmVcpu } from '../core/vcpu/vcpu.js';
 import type { BackendName } from './backends.js';
-import type { ConversionFailure, ConversionStats } from './conversion.js';
+import { type ConversionFailure, type ConversionStats, emptyConversionStats } from './conversion.js';
 import type { HoleReport } from './holes.js';
 import type { GuestReport, Machine, MemoryMap, RunOutcome } from './machine.js';
 import { unwrapRecorded } from './trace.js';
@@ -156,19 +156,7 @@ export function emptyRun(
     exits: {},
     totalExits: 0,
     faults: { memoryFaultExits: 0, hypercallExits: 0 },
-    conversions: {
-      toPrivate: 0,
-      toShared: 0,
-      pagesToPrivate: 0,
-      pagesToShared: 0,
-      pagesChanged: 0,
-      failed: 0,
-      bySource: { 'memory-fault': 0, hypercall: 0, vmm: 0 },
-      sharedDiscardedBytes: 0,
-      privatePunchedBytes: 0,
-      privatePopulatedBytes: 0,
-      failures: [],
-    },
+    conversions: { ...emptyConversionStats(), failures: [] },
     discard: { listeners: 0, discards: 0, populates: 0, discardedBytes: 0, populatedBytes: 0 },
     holes: null,
     devices: null,

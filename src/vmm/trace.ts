@@ -314,6 +314,22 @@ class Recorder {
     return value;
   }
 
+  /** Records `close()` of a KVM object (vcpu, vm, kvm) and forgets its fd's handle. */
+  closeObject(sym: string, inner: { readonly fd: number; close(): 0 }): 0 {
+    return this.call(
+      sym,
+      'close',
+      [],
+      () => {
+        const fd = inner.fd;
+        const ret = inner.close();
+        this.dropFd(fd);
+        return ret;
+      },
+      num,
+    );
+  }
+
   /** Applies a successful KVM_SET_USER_MEMORY_REGION[2] to the slot record (MR-12..MR-14). */
   applySlot(vm: string, r: UserspaceMemoryRegion): void {
     const slots = this.slots.get(vm);
@@ -465,18 +481,7 @@ class RecVcpu implements VcpuApi {
     );
   }
   close(): 0 {
-    return this.r.call(
-      this.sym,
-      'close',
-      [],
-      () => {
-        const fd = this.inner.fd;
-        const ret = this.inner.close();
-        this.r.dropFd(fd);
-        return ret;
-      },
-      num,
-    );
+    return this.r.closeObject(this.sym, this.inner);
   }
 }
 
@@ -575,18 +580,7 @@ class RecVm implements RecordingVm {
     );
   }
   close(): 0 {
-    return this.r.call(
-      this.sym,
-      'close',
-      [],
-      () => {
-        const fd = this.inner.fd;
-        const ret = this.inner.close();
-        this.r.dropFd(fd);
-        return ret;
-      },
-      num,
-    );
+    return this.r.closeObject(this.sym, this.inner);
   }
   digest(gpa: number, len: number): string {
     return this.r.call(
@@ -649,18 +643,7 @@ class RecKvm implements RecordingKvm {
     );
   }
   close(): 0 {
-    return this.r.call(
-      this.sym,
-      'close',
-      [],
-      () => {
-        const fd = this.inner.fd;
-        const ret = this.inner.close();
-        this.r.dropFd(fd);
-        return ret;
-      },
-      num,
-    );
+    return this.r.closeObject(this.sym, this.inner);
   }
 }
 

@@ -372,7 +372,7 @@ describe('the private fault path (§3 rows 2, 3, 7a–7e, 12; RUN-1)', () => {
     v.close();
   });
 
-  it('GM-17 / 7b: closing the guest_memfd breaks private faults (EFAULT) but keeps the slot', () => {
+  it('GB-7, GM-17 / 7b: the slot holds no file reference: closing the guest_memfd breaks private faults (EFAULT) but keeps the slot', () => {
     const t = swVm();
     const { gfd } = privateSlot(t);
     t.vm.setMemoryAttributes({ address: 0xc0000000, size: MiB, attributes: 8 });

@@ -103,7 +103,7 @@ describe('the decision table, shared rows (§3)', () => {
     expect(fault(t.vm.kvm, 0x800000, false).r).toBe(RET_PF_FIXED);
   });
 
-  it('row 8e: a poisoned host page raises SIGBUS at the vCPU and retries', () => {
+  it('RO-5, row 8e: a poisoned host page raises SIGBUS at the vCPU and retries', () => {
     const t = vmWithRam();
     t.host.madvise(t.ramHva + 0x5000, PAGE, U.MADV_HWPOISON);
     const { r, f } = fault(t.vm.kvm, 0x5000);
@@ -113,7 +113,7 @@ describe('the decision table, shared rows (§3)', () => {
 });
 
 describe('the invalidation protocol (INV-1..INV-5) and the fault windows (architecture §6)', () => {
-  it('INV-1..INV-3: brackets nest, ranges widen, seq moves at every end', () => {
+  it('INV-1, INV-2, INV-3: brackets nest, ranges widen, seq moves at every end', () => {
     const t = vmWithRam();
     const k = t.vm.kvm;
     const seq = k.mmuInvalidateSeq;
